@@ -1,0 +1,100 @@
+"""The `sonoloop` command: serve, manage, peer."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sonoloop.config import Config, ConfigError, check_startup
+
+SERVE_FLAGS = {
+    "data_dir": "SONOLOOP_DATA_DIR",
+    "http_port": "SONOLOOP_HTTP_PORT",
+    "http_host": "SONOLOOP_HTTP_HOST",
+    "dicom_port": "SONOLOOP_DICOM_PORT",
+    "dicom_host": "SONOLOOP_DICOM_HOST",
+    "ae_title": "SONOLOOP_AE_TITLE",
+    "database_url": "DATABASE_URL",
+}
+
+
+def _django(argv: list[str]) -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sonoloop.web.settings")
+    try:
+        Config.from_env()
+    except ConfigError as exc:
+        print(f"sonoloop: {exc}", file=sys.stderr)
+        return 2
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["sonoloop manage", *argv])
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    for attr, variable in SERVE_FLAGS.items():
+        value = getattr(args, attr)
+        if value is not None:
+            os.environ[variable] = str(value)
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"sonoloop: {exc}", file=sys.stderr)
+        return 2
+    problems = check_startup(config)
+    if problems:
+        print("sonoloop cannot start:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    from sonoloop.supervisor import serve
+
+    return serve(config)
+
+
+def cmd_manage(args: argparse.Namespace) -> int:
+    return _django(args.rest)
+
+
+def cmd_peer(args: argparse.Namespace) -> int:
+    return _django(["peer", *args.rest])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sonoloop",
+        description="Sonoloop: echo PACS node, automatic segmentation, correction and retraining.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the web server, the DICOM node and the task worker")
+    serve.add_argument("--data-dir", help="folder for the database and images (SONOLOOP_DATA_DIR)")
+    serve.add_argument("--http-port", type=int, help="web port (SONOLOOP_HTTP_PORT, default 8000)")
+    serve.add_argument("--http-host", help="web address to listen on (SONOLOOP_HTTP_HOST, default 0.0.0.0)")
+    serve.add_argument("--dicom-port", type=int, help="DICOM port (SONOLOOP_DICOM_PORT, default 11112)")
+    serve.add_argument("--dicom-host", help="DICOM address to listen on (SONOLOOP_DICOM_HOST, default 0.0.0.0)")
+    serve.add_argument("--ae-title", help="this node's AE title (SONOLOOP_AE_TITLE, default SONOLOOP)")
+    serve.add_argument("--database-url", help="e.g. postgres://user:pass@host/db (DATABASE_URL; default SQLite)")
+    serve.set_defaults(func=cmd_serve)
+
+    manage = sub.add_parser("manage", help="run a Django management command", add_help=False)
+    manage.add_argument("rest", nargs=argparse.REMAINDER)
+    manage.set_defaults(func=cmd_manage)
+
+    peer = sub.add_parser(
+        "peer", help="DICOM peers: add AE --host H --port P [--store] [--query] [--move-destination] | list | remove AE",
+        add_help=False,
+    )
+    peer.add_argument("rest", nargs=argparse.REMAINDER)
+    peer.set_defaults(func=cmd_peer)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Sonoloop's settings, read from the environment in one place and checked at start-up.
+
+Every knob is an environment variable (the `sonoloop serve` flags set the same
+variables).  With none set Sonoloop uses SQLite and files under ``./sonoloop-data``.
+This module imports neither Django nor pynetdicom so the CLI can check a
+configuration before starting anything.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "sonoloop-data"
+DUPLICATE_POLICIES = ("replace", "keep")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message says which and what to do."""
+
+
+def _env_int(env: dict, name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _env_bool(env: dict, name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _env_str(env: dict, name: str, default: str = "") -> str:
+    return env.get(name, "").strip() or default
+
+
+def check_ae_title(title: str, what: str = "AE title") -> str:
+    """Return ``title`` if it is a valid DICOM AE title, else raise ConfigError."""
+    if not title or not title.strip():
+        raise ConfigError(f"{what} must not be empty")
+    if len(title) > 16:
+        raise ConfigError(f"{what} {title!r} is {len(title)} characters long; DICOM allows at most 16")
+    if "\\" in title or any(not (0x20 <= ord(c) < 0x7F) for c in title):
+        raise ConfigError(f"{what} {title!r} may only contain printable ASCII characters and no backslash")
+    return title.strip()
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = 11112
+    ae_title: str = "SONOLOOP"
+    database_url: str = ""
+    debug: bool = False
+    allowed_hosts: tuple[str, ...] = ("*",)
+    strict_peers: bool = False
+    max_associations: int = 16
+    acse_timeout: int = 30
+    dimse_timeout: int = 60
+    network_timeout: int = 120
+    max_pdu: int = 0  # 0 = unlimited, what most archives accept
+    max_instance_mb: int = 2048
+    duplicate_policy: str = "replace"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    web_workers: int = 2
+    task_workers: int = 1
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Config":
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(_env_str(env, "SONOLOOP_DATA_DIR", DEFAULT_DATA_DIR)).expanduser().absolute()
+        policy = _env_str(env, "SONOLOOP_DUPLICATE_POLICY", "replace").lower()
+        if policy not in DUPLICATE_POLICIES:
+            raise ConfigError(f"SONOLOOP_DUPLICATE_POLICY must be one of {', '.join(DUPLICATE_POLICIES)}, got {policy!r}")
+        hosts = tuple(h.strip() for h in _env_str(env, "SONOLOOP_ALLOWED_HOSTS", "*").split(",") if h.strip())
+        config = cls(
+            data_dir=data_dir,
+            http_host=_env_str(env, "SONOLOOP_HTTP_HOST", "0.0.0.0"),
+            http_port=_env_int(env, "SONOLOOP_HTTP_PORT", 8000, 1),
+            dicom_host=_env_str(env, "SONOLOOP_DICOM_HOST", "0.0.0.0"),
+            dicom_port=_env_int(env, "SONOLOOP_DICOM_PORT", 11112, 1),
+            ae_title=check_ae_title(_env_str(env, "SONOLOOP_AE_TITLE", "SONOLOOP"), "SONOLOOP_AE_TITLE"),
+            database_url=_env_str(env, "DATABASE_URL", f"sqlite:///{data_dir / 'sonoloop.sqlite3'}"),
+            debug=_env_bool(env, "SONOLOOP_DEBUG", False),
+            allowed_hosts=hosts or ("*",),
+            strict_peers=_env_bool(env, "SONOLOOP_DICOM_STRICT", False),
+            max_associations=_env_int(env, "SONOLOOP_DICOM_MAX_ASSOCIATIONS", 16, 1),
+            acse_timeout=_env_int(env, "SONOLOOP_DICOM_ACSE_TIMEOUT", 30, 1),
+            dimse_timeout=_env_int(env, "SONOLOOP_DICOM_DIMSE_TIMEOUT", 60, 1),
+            network_timeout=_env_int(env, "SONOLOOP_DICOM_NETWORK_TIMEOUT", 120, 1),
+            max_pdu=_env_int(env, "SONOLOOP_DICOM_MAX_PDU", 0, 0),
+            max_instance_mb=_env_int(env, "SONOLOOP_MAX_INSTANCE_MB", 2048, 1),
+            duplicate_policy=policy,
+            tls_cert=_env_str(env, "SONOLOOP_DICOM_TLS_CERT"),
+            tls_key=_env_str(env, "SONOLOOP_DICOM_TLS_KEY"),
+            tls_ca=_env_str(env, "SONOLOOP_DICOM_TLS_CA"),
+            web_workers=_env_int(env, "SONOLOOP_WEB_WORKERS", 2, 1),
+            task_workers=_env_int(env, "SONOLOOP_TASK_WORKERS", 1, 0),
+        )
+        if bool(config.tls_cert) != bool(config.tls_key):
+            raise ConfigError("SONOLOOP_DICOM_TLS_CERT and SONOLOOP_DICOM_TLS_KEY must be set together")
+        return config
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite:")
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def static_root(self) -> Path:
+        return self.data_dir / "static"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    def secret_key(self) -> str:
+        """The Django secret key: SONOLOOP_SECRET_KEY, else one generated once and kept in the data dir."""
+        from_env = os.environ.get("SONOLOOP_SECRET_KEY", "").strip()
+        if from_env:
+            return from_env
+        path = self.data_dir / "secret_key"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+        return key
+
+
+def check_data_dir(config: Config) -> list[str]:
+    problems = []
+    for folder in (config.data_dir, config.objects_dir, config.tmp_dir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            problems.append(
+                f"The data folder {folder} is not writable ({exc.strerror}). "
+                f"Set SONOLOOP_DATA_DIR to a folder this user can write to."
+            )
+            break
+    return problems
+
+
+def check_port_free(host: str, port: int, what: str, variable: str) -> list[str]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return [
+                f"The {what} port {port} on {host} cannot be used ({exc.strerror}): another program "
+                f"is probably listening there. Stop it or choose another port with {variable}."
+            ]
+    return []
+
+
+def check_startup(config: Config) -> list[str]:
+    """Everything that must hold before `sonoloop serve` starts; a list of messages for people."""
+    problems = check_data_dir(config)
+    if config.http_port == config.dicom_port and config.http_host == config.dicom_host:
+        problems.append("SONOLOOP_HTTP_PORT and SONOLOOP_DICOM_PORT must differ")
+    else:
+        problems += check_port_free(config.http_host, config.http_port, "web", "SONOLOOP_HTTP_PORT")
+        problems += check_port_free(config.dicom_host, config.dicom_port, "DICOM", "SONOLOOP_DICOM_PORT")
+    for variable in ("tls_cert", "tls_key", "tls_ca"):
+        path = getattr(config, variable)
+        if path and not Path(path).is_file():
+            problems.append(f"SONOLOOP_DICOM_{variable.upper()} points to {path}, which is not a readable file")
+    return problems

@@ -1,0 +1,222 @@
+"""Reading a received DICOM instance: validate it and pull out what the archive indexes.
+
+Nothing here touches disk or a database: bytes in, an :class:`InstanceRecord` or an
+:class:`InvalidInstance` (carrying the DICOM status a C-STORE should answer) out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from . import status
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+# Transfer syntaxes whose Pixel Data is native (not encapsulated).
+NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.2",
+}
+
+
+class InvalidInstance(ValueError):
+    """A dataset that must not be stored; ``status`` is the C-STORE failure status."""
+
+    def __init__(self, message: str, status_code: int, sop_instance_uid: str = ""):
+        super().__init__(message)
+        self.status = status_code
+        self.sop_instance_uid = sop_instance_uid
+
+
+def is_valid_uid(value: str) -> bool:
+    return bool(value) and len(value) <= 64 and bool(_UID_RE.match(value))
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """The attributes the archive indexes, as plain strings and numbers."""
+
+    patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    patient_sex: str
+    study_instance_uid: str
+    study_date: str
+    study_time: str
+    study_id: str
+    accession_number: str
+    study_description: str
+    referring_physician_name: str
+    series_instance_uid: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    series_date: str
+    body_part_examined: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    number_of_frames: int
+    rows: int | None
+    columns: int | None
+    photometric_interpretation: str
+    transfer_syntax_uid: str
+    content_date: str
+    content_time: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()[:limit]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _uid(ds: Dataset, keyword: str, sop_instance_uid: str) -> str:
+    value = _text(ds, keyword, 128).rstrip("\x00")
+    if not value:
+        raise InvalidInstance(f"{keyword} is missing", status.MISSING_UID, sop_instance_uid)
+    if not is_valid_uid(value):
+        raise InvalidInstance(f"{keyword} {value[:70]!r} is not a valid UID", status.INVALID_UID, sop_instance_uid)
+    return value
+
+
+def expected_native_length(ds: Dataset) -> int | None:
+    """Bytes that native Pixel Data must hold, or None when the attributes don't say."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    pixels = rows * cols * samples * frames
+    if bits == 1:
+        return (pixels + 7) // 8
+    return pixels * (bits // 8)
+
+
+def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_instance_uid: str) -> None:
+    if "PixelData" not in ds:
+        return
+    data = ds.PixelData
+    if transfer_syntax in NATIVE_SYNTAXES:
+        expected = expected_native_length(ds)
+        if expected is not None and len(data) < expected:
+            raise InvalidInstance(
+                f"Pixel Data holds {len(data)} bytes but Rows/Columns/frames need {expected}: the dataset is truncated",
+                status.TRUNCATED,
+                sop_instance_uid,
+            )
+        return
+    try:
+        fragments = sum(1 for _ in generate_fragments(data))
+    except (ValueError, EOFError) as exc:
+        raise InvalidInstance(f"encapsulated Pixel Data is damaged: {exc}", status.TRUNCATED, sop_instance_uid) from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if fragments < frames:
+        raise InvalidInstance(
+            f"encapsulated Pixel Data has {fragments} fragments for {frames} frames: the dataset is truncated",
+            status.TRUNCATED,
+            sop_instance_uid,
+        )
+
+
+def read_instance(raw: bytes, expected: tuple[str, str] | None = None) -> tuple[Dataset, InstanceRecord]:
+    """Parse a DICOM file (preamble + file meta + dataset) completely and validate it.
+
+    ``expected`` is the (SOP Class UID, SOP Instance UID) a C-STORE request announced;
+    a dataset that says otherwise is refused (PS3.4 B.2.3, "does not match SOP Class").
+    """
+    try:
+        ds = dcmread(BytesIO(raw))
+        for element in ds.iterall():
+            element.value  # noqa: B018 - forces every raw element to be decoded
+    except InvalidInstance:
+        raise
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, LookupError) as exc:
+        raise InvalidInstance(f"the dataset cannot be parsed: {exc}", status.CANNOT_UNDERSTAND) from None
+    except Exception as exc:  # pydicom raises a broad mix on damaged input
+        raise InvalidInstance(f"the dataset cannot be parsed: {type(exc).__name__}: {exc}", status.CANNOT_UNDERSTAND) from None
+    if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+        raise InvalidInstance("this is not a DICOM composite instance (no SOP Class or Instance UID)", status.CANNOT_UNDERSTAND)
+    record = record_from_dataset(ds)
+    if expected is not None:
+        sop_class, sop_instance = expected
+        if (sop_class and sop_class != record.sop_class_uid) or (sop_instance and sop_instance != record.sop_instance_uid):
+            raise InvalidInstance(
+                f"the dataset's SOP Class/Instance ({record.sop_class_uid}, {record.sop_instance_uid}) "
+                f"differ from the request's ({sop_class}, {sop_instance})",
+                status.DATASET_DOES_NOT_MATCH,
+                record.sop_instance_uid,
+            )
+    return ds, record
+
+
+def record_from_dataset(ds: Dataset) -> InstanceRecord:
+    sop_instance_uid = _text(ds, "SOPInstanceUID", 128)
+    sop_instance_uid = _uid(ds, "SOPInstanceUID", sop_instance_uid)
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not transfer_syntax:
+        raise InvalidInstance("the file meta information has no Transfer Syntax UID", status.CANNOT_UNDERSTAND, sop_instance_uid)
+    _check_pixel_data(ds, transfer_syntax, sop_instance_uid)
+    return InstanceRecord(
+        patient_id=_text(ds, "PatientID", 64),
+        patient_name=_text(ds, "PatientName", 324),
+        patient_birth_date=_text(ds, "PatientBirthDate", 8),
+        patient_sex=_text(ds, "PatientSex", 16),
+        study_instance_uid=_uid(ds, "StudyInstanceUID", sop_instance_uid),
+        study_date=_text(ds, "StudyDate", 8),
+        study_time=_text(ds, "StudyTime", 16),
+        study_id=_text(ds, "StudyID", 16),
+        accession_number=_text(ds, "AccessionNumber", 16),
+        study_description=_text(ds, "StudyDescription", 64),
+        referring_physician_name=_text(ds, "ReferringPhysicianName", 324),
+        series_instance_uid=_uid(ds, "SeriesInstanceUID", sop_instance_uid),
+        modality=_text(ds, "Modality", 16),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription", 64),
+        series_date=_text(ds, "SeriesDate", 8),
+        body_part_examined=_text(ds, "BodyPartExamined", 16),
+        sop_instance_uid=sop_instance_uid,
+        sop_class_uid=_uid(ds, "SOPClassUID", sop_instance_uid),
+        instance_number=_int(ds, "InstanceNumber"),
+        number_of_frames=_int(ds, "NumberOfFrames") or (1 if "PixelData" in ds else 0),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        photometric_interpretation=_text(ds, "PhotometricInterpretation", 16),
+        transfer_syntax_uid=transfer_syntax,
+        content_date=_text(ds, "ContentDate", 8),
+        content_time=_text(ds, "ContentTime", 16),
+    )
+
+
+def sop_class_name(uid: str) -> str:
+    name = UID(uid).name
+    return name if name and name != uid else uid

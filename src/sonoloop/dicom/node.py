@@ -1,0 +1,317 @@
+"""The DICOM node: a pynetdicom AE whose handlers persist, record and answer with a status.
+
+Handlers never do heavy work; they call the :class:`Archive` (implemented by the web
+app's archive services) and map its errors to DICOM statuses, logging the peer and the
+SOP Instance UID for every failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+    _STORAGE_CLASSES,
+)
+
+from . import status
+from .filestore import StorageFull
+from .instance import InvalidInstance
+from .query import Query, QueryError, build_response, parse_identifier
+
+log = logging.getLogger("sonoloop.dicom")
+
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
+# Transfer syntaxes stored as sent (PS3.5 Annex A).
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old machines)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+
+RETIRED_ULTRASOUND = {
+    "UltrasoundImageStorageRetired": "1.2.840.10008.5.1.4.1.1.6",
+    "UltrasoundMultiFrameImageStorageRetired": "1.2.840.10008.5.1.4.1.1.3",
+}
+
+STORAGE_SOP_CLASSES = sorted(set(_STORAGE_CLASSES.values()) | set(RETIRED_ULTRASOUND.values()))
+
+FIND_MODELS = {
+    PatientRootQueryRetrieveInformationModelFind: "PATIENT",
+    StudyRootQueryRetrieveInformationModelFind: "STUDY",
+}
+GET_MODELS = {
+    PatientRootQueryRetrieveInformationModelGet: "PATIENT",
+    StudyRootQueryRetrieveInformationModelGet: "STUDY",
+}
+MOVE_MODELS = {
+    PatientRootQueryRetrieveInformationModelMove: "PATIENT",
+    StudyRootQueryRetrieveInformationModelMove: "STUDY",
+}
+
+
+@dataclass(frozen=True)
+class Permissions:
+    echo: bool
+    store: bool
+    query: bool  # C-FIND, C-GET and C-MOVE
+
+
+@dataclass(frozen=True)
+class Destination:
+    ae_title: str
+    host: str
+    port: int
+
+
+class Archive(Protocol):
+    """What the node needs from the archive; the web app implements it."""
+
+    def permissions(self, calling_ae: str, address: str) -> Permissions: ...
+
+    def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None) -> int:
+        """Persist and index one instance; ``expected`` is the request's (SOP Class, SOP Instance) UIDs."""
+
+    def find(self, query: Query) -> Iterable[dict]: ...
+
+    def locate(self, query: Query) -> list[Path]: ...
+
+    def move_destination(self, ae_title: str) -> Destination | None: ...
+
+    def association_ended(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str
+    host: str
+    port: int
+    max_associations: int = 16
+    acse_timeout: int = 30
+    dimse_timeout: int = 60
+    network_timeout: int = 120
+    max_pdu: int = 0
+    max_instance_bytes: int = 2 * 1024**3
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+
+
+def _peer(event) -> tuple[str, str]:
+    requestor = event.assoc.requestor
+    return requestor.ae_title, requestor.address
+
+
+class DicomNode:
+    def __init__(self, archive: Archive, settings: NodeSettings):
+        self.archive = archive
+        self.settings = settings
+        self.ae = self._build_ae()
+        self.server = None
+
+    def _build_ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_associations = s.max_associations
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.network_timeout
+        ae.maximum_pdu_size = s.max_pdu
+        ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
+        for uid in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        for model in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS):
+            ae.add_supported_context(model, TRANSFER_SYNTAXES[:3])
+        # C-GET sends C-STORE sub-operations back over the same association.
+        for uid in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        return ae
+
+    def handlers(self) -> list:
+        return [
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_FIND, self.handle_find),
+            (evt.EVT_C_GET, self.handle_get),
+            (evt.EVT_C_MOVE, self.handle_move),
+            (evt.EVT_RELEASED, self._ended),
+            (evt.EVT_ABORTED, self._ended),
+            (evt.EVT_CONN_CLOSE, self._ended),
+        ]
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if not s.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(s.tls_cert, s.tls_key)
+        if s.tls_ca:
+            context.load_verify_locations(cafile=s.tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def start(self, block: bool = True):
+        s = self.settings
+        self.server = self.ae.start_server(
+            (s.host, s.port), block=block, evt_handlers=self.handlers(), ssl_context=self._ssl_context()
+        )
+        return self.server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+
+    def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for open associations to end, then shut down."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.server is not None and self.server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.stop()
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def _ended(self, event) -> None:
+        self.archive.association_ended()
+
+    def _permissions(self, event) -> Permissions:
+        calling_ae, address = _peer(event)
+        return self.archive.permissions(calling_ae, address)
+
+    def handle_echo(self, event) -> int:
+        if not self._permissions(event).echo:
+            calling_ae, address = _peer(event)
+            log.warning("C-ECHO refused: %s at %s is not a known peer", calling_ae, address)
+            return status.NOT_AUTHORIZED
+        return status.SUCCESS
+
+    def handle_store(self, event) -> int:
+        calling_ae, address = _peer(event)
+        request = event.request
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        if not self._permissions(event).store:
+            log.warning("C-STORE refused: %s at %s may not store (SOP Instance %s)", calling_ae, address, sop_uid)
+            return status.NOT_AUTHORIZED
+        raw = event.encoded_dataset(include_meta=True)
+        if len(raw) > self.settings.max_instance_bytes:
+            log.error(
+                "C-STORE from %s rejected: SOP Instance %s is %d bytes, over the %d-byte limit",
+                calling_ae, sop_uid, len(raw), self.settings.max_instance_bytes,
+            )
+            return status.TOO_LARGE
+        try:
+            return self.archive.store(
+                raw,
+                calling_ae=calling_ae,
+                address=address,
+                expected=(str(request.AffectedSOPClassUID or ""), sop_uid),
+            )
+        except InvalidInstance as exc:
+            log.error("C-STORE from %s (%s) rejected: SOP Instance %s: %s", calling_ae, address, exc.sop_instance_uid or sop_uid, exc)
+            return exc.status
+        except StorageFull:
+            log.error("C-STORE from %s failed: disk full while storing SOP Instance %s", calling_ae, sop_uid)
+            return status.DISK_FULL
+        except Exception:
+            log.exception("C-STORE from %s failed while storing SOP Instance %s", calling_ae, sop_uid)
+            return status.OUT_OF_RESOURCES
+
+    def _query(self, event, models: dict, service: str) -> Query | int:
+        calling_ae, address = _peer(event)
+        if not self._permissions(event).query:
+            log.warning("%s refused: %s at %s may not query or retrieve", service, calling_ae, address)
+            return status.NOT_AUTHORIZED
+        try:
+            root = models[event.context.abstract_syntax]
+            return parse_identifier(event.identifier, root)
+        except QueryError as exc:
+            log.warning("%s from %s: bad identifier: %s", service, calling_ae, exc)
+            return status.QR_IDENTIFIER_DOES_NOT_MATCH
+        except Exception as exc:
+            log.warning("%s from %s: identifier cannot be decoded: %s", service, calling_ae, exc)
+            return status.QR_UNABLE_TO_PROCESS
+
+    def handle_find(self, event) -> Iterator:
+        query = self._query(event, FIND_MODELS, "C-FIND")
+        if isinstance(query, int):
+            yield query, None
+            return
+        try:
+            records = self.archive.find(query)
+            for record in records:
+                if event.is_cancelled:
+                    yield 0xFE00, None
+                    return
+                yield status.PENDING, build_response(query, record)
+        except Exception:
+            log.exception("C-FIND from %s failed", _peer(event)[0])
+            yield status.QR_UNABLE_TO_PROCESS, None
+            return
+        yield status.SUCCESS, None
+
+    def _datasets(self, event, paths: list[Path]) -> Iterator:
+        for path in paths:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            try:
+                yield status.PENDING, dcmread(path)
+            except Exception as exc:  # a file unreadable on disk counts as a failed sub-operation
+                log.error("stored file %s cannot be read for retrieve: %s", path.name, exc)
+                yield status.PENDING, None
+
+    def handle_get(self, event) -> Iterator:
+        query = self._query(event, GET_MODELS, "C-GET")
+        if isinstance(query, int):
+            yield query, None
+            return
+        paths = self.archive.locate(query)
+        yield len(paths)
+        yield from self._datasets(event, paths)
+
+    def handle_move(self, event) -> Iterator:
+        query = self._query(event, MOVE_MODELS, "C-MOVE")
+        if isinstance(query, int):
+            # pynetdicom connects to the destination before it reads any status, so a
+            # refusal has to end the handler here: it answers 0xC515 (unable to process).
+            raise PermissionError(f"C-MOVE refused with status 0x{query:04X}")
+        destination_ae = event.move_destination.decode("ascii", "replace").strip() if isinstance(event.move_destination, bytes) else str(event.move_destination).strip()
+        destination = self.archive.move_destination(destination_ae)
+        if destination is None:
+            log.warning("C-MOVE from %s: destination %s is not a configured move destination", _peer(event)[0], destination_ae)
+            yield None, None
+            return
+        paths = self.archive.locate(query)
+        yield destination.host, destination.port, {"ae_title": destination.ae_title}
+        yield len(paths)
+        yield from self._datasets(event, paths)

@@ -1,0 +1,26 @@
+"""DICOM status codes Sonoloop answers with (PS3.4 Annex B/C, PS3.7 Annex C)."""
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+
+# General (PS3.7 C)
+NOT_AUTHORIZED = 0x0124
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+# Storage (PS3.4 B.2.3): A7xx out of resources, A9xx data set does not match SOP class,
+# Cxxx cannot understand.  The low byte is ours, to tell causes apart in logs.
+OUT_OF_RESOURCES = 0xA700
+DISK_FULL = 0xA701
+TOO_LARGE = 0xA702
+DATABASE_UNAVAILABLE = 0xA703
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+MISSING_UID = 0xC001
+INVALID_UID = 0xC002
+TRUNCATED = 0xC003
+
+# Query/Retrieve (PS3.4 C.4)
+QR_OUT_OF_RESOURCES = 0xA700
+QR_IDENTIFIER_DOES_NOT_MATCH = 0xA900
+QR_UNABLE_TO_PROCESS = 0xC000
+QR_MOVE_DESTINATION_UNKNOWN = 0xA801

@@ -1,0 +1,37 @@
+from django.contrib import admin
+
+from .models import DicomPeer, Instance, Patient, Series, Study
+
+
+@admin.register(DicomPeer)
+class DicomPeerAdmin(admin.ModelAdmin):
+    list_display = ("ae_title", "host", "port", "may_store", "may_query", "is_move_destination", "description")
+    list_editable = ("may_store", "may_query", "is_move_destination")
+    search_fields = ("ae_title", "host", "description")
+
+
+@admin.register(Patient)
+class PatientAdmin(admin.ModelAdmin):
+    list_display = ("patient_id", "patient_name", "patient_birth_date", "patient_sex")
+    search_fields = ("patient_id", "patient_name")
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ("study_date", "patient", "study_description", "accession_number", "modalities")
+    search_fields = ("study_instance_uid", "accession_number", "study_description", "patient__patient_name")
+    raw_id_fields = ("patient",)
+
+
+@admin.register(Series)
+class SeriesAdmin(admin.ModelAdmin):
+    list_display = ("series_instance_uid", "modality", "series_number", "series_description")
+    raw_id_fields = ("study",)
+
+
+@admin.register(Instance)
+class InstanceAdmin(admin.ModelAdmin):
+    list_display = ("sop_instance_uid", "sop_class_uid", "number_of_frames", "transfer_syntax_uid", "received_at")
+    search_fields = ("sop_instance_uid",)
+    raw_id_fields = ("series",)
+    readonly_fields = ("file_key", "file_size", "received_at", "updated_at")

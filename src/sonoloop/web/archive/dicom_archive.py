@@ -1,0 +1,36 @@
+"""The DICOM node's view of the archive: :class:`sonoloop.dicom.node.Archive` over the services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.db import close_old_connections, connection
+
+from sonoloop.dicom import status
+from sonoloop.dicom.node import Destination, Permissions
+from sonoloop.dicom.query import Query
+
+from . import services
+
+
+class DjangoArchive:
+    def permissions(self, calling_ae: str, address: str) -> Permissions:
+        return services.peer_permissions(calling_ae, address)
+
+    def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None) -> int:
+        close_old_connections()
+        services.instance_store(raw, source_ae=calling_ae, expected=expected)
+        return status.SUCCESS
+
+    def find(self, query: Query):
+        return services.query_records(query)
+
+    def locate(self, query: Query) -> list[Path]:
+        return [services.instance_path(i) for i in services.instances_for(query)]
+
+    def move_destination(self, ae_title: str) -> Destination | None:
+        return services.move_destination(ae_title)
+
+    def association_ended(self) -> None:
+        # Each association runs in its own thread with its own database connection.
+        connection.close()

@@ -1,0 +1,321 @@
+"""DICOMweb (PS3.18): QIDO-RS search, WADO-RS retrieve, WADO-URI, STOW-RS store."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.http import require_http_methods
+from pydicom import dcmread
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from sonoloop.dicom.instance import InvalidInstance
+from sonoloop.dicom.pixels import NoPixelData, frame_native_bytes
+from sonoloop.dicom.query import Match, Query, build_response, match_for
+from sonoloop.web.accounts.auth import api_login_required
+
+from . import services
+from .models import Instance
+
+log = logging.getLogger("sonoloop.dicomweb")
+
+DICOM_JSON = "application/dicom+json"
+
+# PS3.18 Table 6.7.1-2: attributes returned by default for each search level.
+DEFAULT_FIELDS = {
+    "STUDY": [
+        "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "ReferringPhysicianName",
+        "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+        "StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "RetrieveAETitle",
+    ],
+    "SERIES": [
+        "Modality", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID", "SeriesDate",
+        "NumberOfSeriesRelatedInstances", "StudyInstanceUID",
+    ],
+    "IMAGE": [
+        "SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames",
+        "AvailableTransferSyntaxUID", "StudyInstanceUID", "SeriesInstanceUID",
+    ],
+}
+
+
+def _error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def _keyword(name: str) -> str | None:
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
+        return keyword_for_tag(Tag(int(name, 16))) or None
+    return name if tag_for_keyword(name) is not None else None
+
+
+def _qido_query(request, level: str, fixed: dict[str, str]) -> tuple[Query, int | None, int] | JsonResponse:
+    query = Query(level=level, root="STUDY", return_keys=list(DEFAULT_FIELDS[level]))
+    limit, offset = None, 0
+    for name, values in request.GET.lists():
+        if name == "limit":
+            try:
+                limit = max(0, int(values[-1]))
+            except ValueError:
+                return _error(400, "limit must be a whole number")
+            continue
+        if name == "offset":
+            try:
+                offset = max(0, int(values[-1]))
+            except ValueError:
+                return _error(400, "offset must be a whole number")
+            continue
+        if name in ("fuzzymatching", "_"):
+            continue
+        if name == "includefield":
+            for value in ",".join(values).split(","):
+                if value == "all":
+                    continue
+                keyword = _keyword(value.strip())
+                if keyword is None:
+                    return _error(400, f"includefield {value!r} is not a DICOM attribute")
+                query.return_keys.append(keyword)
+            continue
+        keyword = _keyword(name)
+        if keyword is None:
+            return _error(400, f"{name!r} is not a DICOM attribute keyword or tag")
+        match = match_for(keyword, values[-1])
+        if match is not None:
+            query.matches.append(match)
+    for keyword, value in fixed.items():
+        query.matches.append(Match(keyword, "single", value=value))
+    return query, limit, offset
+
+
+def _search(request, level: str, **fixed):
+    parsed = _qido_query(request, level, {k: v for k, v in fixed.items() if v})
+    if isinstance(parsed, JsonResponse):
+        return parsed
+    query, limit, offset = parsed
+    query.return_keys = list(dict.fromkeys(query.return_keys))
+    body = []
+    for record in services.query_records(query, limit=limit, offset=offset):
+        ds = build_response(query, record)
+        del ds.QueryRetrieveLevel
+        body.append(ds.to_json_dict())
+    return JsonResponse(body, safe=False, content_type=DICOM_JSON)
+
+
+@api_login_required
+@require_http_methods(["GET", "POST"])
+def studies(request):
+    if request.method == "POST":
+        return stow(request)
+    return _search(request, "STUDY")
+
+
+@api_login_required
+@require_http_methods(["GET"])
+def series_search(request, study=None):
+    return _search(request, "SERIES", StudyInstanceUID=study)
+
+
+@api_login_required
+@require_http_methods(["GET"])
+def instance_search(request, study=None, series=None):
+    return _search(request, "IMAGE", StudyInstanceUID=study, SeriesInstanceUID=series)
+
+
+# -- WADO-RS ----------------------------------------------------------------------------------------
+
+
+def _instances(study, series=None, instance=None):
+    qs = Instance.objects.filter(series__study__study_instance_uid=study)
+    if series:
+        qs = qs.filter(series__series_instance_uid=series)
+    if instance:
+        qs = qs.filter(sop_instance_uid=instance)
+    return qs.order_by("series__series_number", "instance_number", "pk")
+
+
+def _multipart(parts, content_type: str) -> StreamingHttpResponse:
+    boundary = uuid.uuid4().hex
+
+    def stream():
+        for extra_headers, payload in parts:
+            header = f"--{boundary}\r\nContent-Type: {content_type}\r\n{extra_headers}\r\n"
+            yield header.encode()
+            yield payload
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    response = StreamingHttpResponse(stream())
+    response["Content-Type"] = f'multipart/related; type="{content_type}"; boundary={boundary}'
+    return response
+
+
+@api_login_required
+@require_http_methods(["GET"])
+def retrieve(request, study, series=None, instance=None):
+    return _retrieve(request, study, series, instance)
+
+
+def _retrieve(request, study, series=None, instance=None):
+    accept = request.headers.get("Accept", "")
+    if accept and "application/dicom" not in accept and "*/*" not in accept and "multipart/related" not in accept:
+        return _error(406, "WADO-RS retrieve returns multipart/related; type=\"application/dicom\"")
+    instances = list(_instances(study, series, instance))
+    if not instances:
+        return _error(404, "no matching instances")
+    return _multipart(((("", services.instance_path(i).read_bytes()) for i in instances)), "application/dicom")
+
+
+@api_login_required
+@require_http_methods(["GET"])
+def metadata(request, study, series=None, instance=None):
+    instances = list(_instances(study, series, instance))
+    if not instances:
+        return _error(404, "no matching instances")
+    body = []
+    for item in instances:
+        ds = dcmread(services.instance_path(item), stop_before_pixels=True)
+        ds.remove_private_tags()
+        body.append(ds.to_json_dict(bulk_data_threshold=1024 * 1024, bulk_data_element_handler=lambda e: ""))
+    return JsonResponse(body, safe=False, content_type=DICOM_JSON)
+
+
+@api_login_required
+@require_http_methods(["GET"])
+def frames(request, study, series, instance, frame_list):
+    item = _instances(study, series, instance).first()
+    if item is None:
+        return _error(404, "no matching instance")
+    try:
+        numbers = [int(n) for n in frame_list.split(",")]
+    except ValueError:
+        return _error(400, "frame numbers must be whole numbers separated by commas")
+    path = services.instance_path(item)
+    try:
+        payloads = [frame_native_bytes(path, n - 1) for n in numbers]
+    except NoPixelData:
+        return _error(400, "this instance has no pixel data")
+    except IndexError as exc:
+        return _error(404, str(exc))
+    return _multipart((("", p) for p in payloads), "application/octet-stream")
+
+
+# -- WADO-URI ---------------------------------------------------------------------------------------
+
+
+@api_login_required
+@require_http_methods(["GET"])
+def wado_uri(request):
+    if request.GET.get("requestType") != "WADO":
+        return _error(400, "requestType must be WADO")
+    uid = request.GET.get("objectUID", "")
+    item = Instance.objects.filter(sop_instance_uid=uid).select_related("series__study").first()
+    if item is None:
+        return _error(404, f"no instance with objectUID {uid!r}")
+    for param, actual in (("studyUID", item.series.study.study_instance_uid), ("seriesUID", item.series.series_instance_uid)):
+        if request.GET.get(param) and request.GET[param] != actual:
+            return _error(404, f"{param} does not match the stored instance")
+    content_type = request.GET.get("contentType", "application/dicom")
+    if content_type == "application/dicom":
+        return HttpResponse(services.instance_path(item).read_bytes(), content_type="application/dicom")
+    if content_type in ("image/png", "image/jpeg"):
+        try:
+            frame = int(request.GET.get("frameNumber", 1))
+        except ValueError:
+            return _error(400, "frameNumber must be a whole number")
+        try:
+            return HttpResponse(services.instance_preview_png(item, frame, 4096), content_type="image/png")
+        except (NoPixelData, IndexError) as exc:
+            return _error(400, str(exc))
+    return _error(406, f"contentType {content_type!r} is not offered; use application/dicom or image/png")
+
+
+# -- STOW-RS ----------------------------------------------------------------------------------------
+
+
+def _split_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not match:
+        raise ValueError("the multipart/related Content-Type has no boundary")
+    delimiter = b"--" + match.group(1).encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk
+        head, sep, payload = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("a multipart part has no header/body separator")
+        if payload.endswith(b"\r\n"):
+            payload = payload[:-2]
+        part_type = ""
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-type":
+                part_type = value.strip()
+        parts.append((part_type, payload))
+    return parts
+
+
+def _sop_reference(uid_class: str, uid_instance: str, reason: int | None = None, url: str = "") -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = uid_class
+    item.ReferencedSOPInstanceUID = uid_instance
+    if reason is not None:
+        item.FailureReason = reason
+    if url:
+        item.RetrieveURL = url
+    return item
+
+
+def stow(request, study=None):
+    content_type = request.headers.get("Content-Type", "")
+    if not content_type.startswith("multipart/related") or "application/dicom" not in content_type:
+        return _error(415, 'STOW-RS accepts multipart/related; type="application/dicom"')
+    try:
+        parts = _split_multipart(request.body, content_type)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    if not parts:
+        return _error(400, "the request holds no DICOM parts")
+    stored, failed = [], []
+    for part_type, payload in parts:
+        if part_type and not part_type.startswith("application/dicom"):
+            failed.append(_sop_reference("", "", 0xA900))
+            continue
+        try:
+            result = services.instance_store(payload, source_ae=f"stow:{request.user.username}"[:64])
+        except InvalidInstance as exc:
+            log.warning("STOW-RS from %s: instance %s rejected: %s", request.user, exc.sop_instance_uid, exc)
+            failed.append(_sop_reference("", exc.sop_instance_uid, exc.status))
+            continue
+        except services.StorageFull:
+            failed.append(_sop_reference("", "", 0xA700))
+            continue
+        inst = result.instance
+        if study and inst.series.study.study_instance_uid != study:
+            log.warning("STOW-RS: instance %s belongs to another study than the URL's", inst.sop_instance_uid)
+        url = request.build_absolute_uri(
+            f"/dicomweb/studies/{inst.series.study.study_instance_uid}/series/"
+            f"{inst.series.series_instance_uid}/instances/{inst.sop_instance_uid}"
+        )
+        stored.append(_sop_reference(inst.sop_class_uid, inst.sop_instance_uid, url=url))
+    response = Dataset()
+    if stored:
+        response.ReferencedSOPSequence = stored
+    if failed:
+        response.FailedSOPSequence = failed
+    status = 200 if not failed else 409 if not stored else 202
+    return JsonResponse(response.to_json_dict(), status=status, content_type=DICOM_JSON)
+
+
+@api_login_required
+@require_http_methods(["GET", "POST"])
+def study_resource(request, study):
+    if request.method == "POST":
+        return stow(request, study)
+    return _retrieve(request, study)
+

@@ -1,0 +1,24 @@
+from django.urls import path
+
+from . import dicomweb
+
+S = "studies/<str:study>"
+SE = f"{S}/series/<str:series>"
+I = f"{SE}/instances/<str:instance>"
+
+urlpatterns = [
+    path("wado", dicomweb.wado_uri, name="wado-uri"),
+    path("studies", dicomweb.studies, name="qido-studies"),
+    path("series", dicomweb.series_search),
+    path("instances", dicomweb.instance_search),
+    path(S, dicomweb.study_resource),
+    path(f"{S}/metadata", dicomweb.metadata),
+    path(f"{S}/series", dicomweb.series_search),
+    path(f"{S}/instances", dicomweb.instance_search),
+    path(SE, dicomweb.retrieve),
+    path(f"{SE}/metadata", dicomweb.metadata),
+    path(f"{SE}/instances", dicomweb.instance_search),
+    path(I, dicomweb.retrieve),
+    path(f"{I}/metadata", dicomweb.metadata),
+    path(f"{I}/frames/<str:frame_list>", dicomweb.frames),
+]

@@ -1,0 +1,102 @@
+"""The index: Patient → Study → Series → Instance, plus the DICOM peers we talk to.
+
+Files live in the file store under ``Instance.file_key`` (server-generated); UIDs live
+here, validated.
+"""
+
+from django.db import models
+
+
+class Patient(models.Model):
+    patient_id = models.CharField("Patient ID", max_length=64, unique=True, blank=True)
+    patient_name = models.CharField("name", max_length=324, blank=True, db_index=True)
+    patient_birth_date = models.CharField("birth date", max_length=8, blank=True)
+    patient_sex = models.CharField("sex", max_length=16, blank=True)
+
+    def __str__(self):
+        return f"{self.patient_name or '(no name)'} [{self.patient_id}]"
+
+
+class Study(models.Model):
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="studies")
+    study_instance_uid = models.CharField(max_length=64, unique=True)
+    study_date = models.CharField(max_length=8, blank=True, db_index=True)
+    study_time = models.CharField(max_length=16, blank=True)
+    study_id = models.CharField("Study ID", max_length=16, blank=True)
+    accession_number = models.CharField(max_length=16, blank=True, db_index=True)
+    study_description = models.CharField(max_length=64, blank=True)
+    referring_physician_name = models.CharField(max_length=324, blank=True)
+    modalities = models.CharField("modalities in study", max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        ordering = ["-study_date", "-study_time", "-id"]
+
+    def __str__(self):
+        return f"{self.study_date} {self.study_description or self.study_instance_uid}"
+
+
+class Series(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    series_instance_uid = models.CharField(max_length=64, unique=True)
+    modality = models.CharField(max_length=16, blank=True, db_index=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    series_description = models.CharField(max_length=64, blank=True)
+    series_date = models.CharField(max_length=8, blank=True)
+    body_part_examined = models.CharField(max_length=16, blank=True)
+
+    class Meta:
+        verbose_name_plural = "series"
+        ordering = ["series_number", "id"]
+
+    def __str__(self):
+        return f"{self.modality} {self.series_number or ''} {self.series_description}".strip()
+
+
+class Instance(models.Model):
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, unique=True)
+    sop_class_uid = models.CharField("SOP Class UID", max_length=64, db_index=True)
+    instance_number = models.IntegerField(null=True, blank=True)
+    number_of_frames = models.IntegerField(default=1)
+    rows = models.IntegerField(null=True, blank=True)
+    columns = models.IntegerField(null=True, blank=True)
+    photometric_interpretation = models.CharField(max_length=16, blank=True)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    content_date = models.CharField(max_length=8, blank=True)
+    content_time = models.CharField(max_length=16, blank=True)
+    file_key = models.CharField(max_length=32, unique=True)
+    file_size = models.BigIntegerField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    source_ae = models.CharField("received from", max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["instance_number", "id"]
+
+    def __str__(self):
+        return self.sop_instance_uid
+
+
+class DicomPeer(models.Model):
+    """Another DICOM node: who may store, who may query/retrieve, where C-MOVE may send."""
+
+    ae_title = models.CharField("AE title", max_length=16, unique=True)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField()
+    may_store = models.BooleanField(default=True, help_text="May send images here (C-STORE).")
+    may_query = models.BooleanField(default=False, help_text="May query and retrieve (C-FIND, C-GET, C-MOVE).")
+    is_move_destination = models.BooleanField(
+        default=False, help_text="C-MOVE requests may send images to this peer."
+    )
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["ae_title"]
+        verbose_name = "DICOM peer"
+
+    def __str__(self):
+        return f"{self.ae_title} @ {self.host}:{self.port}"

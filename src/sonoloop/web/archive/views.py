@@ -1,0 +1,221 @@
+"""HTML pages and the JSON API of the archive. Thin: parse, check, call a service, render."""
+
+from __future__ import annotations
+
+import logging
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count, Q
+from django.http import Http404, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from sonoloop.dicom.instance import InvalidInstance, sop_class_name
+from sonoloop.dicom.pixels import NoPixelData
+from sonoloop.web.accounts.auth import api_login_required
+
+from . import services
+from .models import Instance, Patient, Series, Study
+
+log = logging.getLogger("sonoloop.web")
+
+PAGE_SIZE = 25
+
+
+@login_required
+def study_list(request):
+    q = request.GET.get("q", "").strip()
+    date_from = request.GET.get("from", "").replace("-", "").strip()
+    date_to = request.GET.get("to", "").replace("-", "").strip()
+    modality = request.GET.get("modality", "").strip().upper()
+    studies = Study.objects.select_related("patient").annotate(
+        n_series=Count("series", distinct=True), n_instances=Count("series__instances", distinct=True)
+    ).order_by("-study_date", "-study_time", "-id")
+    if q:
+        studies = studies.filter(
+            Q(patient__patient_name__icontains=q)
+            | Q(patient__patient_id__icontains=q)
+            | Q(accession_number__icontains=q)
+            | Q(study_description__icontains=q)
+            | Q(study_instance_uid=q)
+        )
+    if date_from:
+        studies = studies.filter(study_date__gte=date_from)
+    if date_to:
+        studies = studies.filter(study_date__lte=date_to)
+    if modality:
+        studies = studies.filter(modalities__contains=modality)
+    page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
+    params = request.GET.copy()
+    params.pop("page", None)
+    return render(
+        request,
+        "archive/study_list.html",
+        {"page": page, "q": q, "date_from": request.GET.get("from", ""), "date_to": request.GET.get("to", ""),
+         "modality": modality, "querystring": params.urlencode()},
+    )
+
+
+@login_required
+def patient_detail(request, pk: int):
+    patient = get_object_or_404(Patient, pk=pk)
+    studies = patient.studies.annotate(n_series=Count("series", distinct=True), n_instances=Count("series__instances"))
+    return render(request, "archive/patient_detail.html", {"patient": patient, "studies": studies})
+
+
+@login_required
+def study_detail(request, study_uid: str):
+    study = get_object_or_404(Study.objects.select_related("patient"), study_instance_uid=study_uid)
+    series = study.series.annotate(n_instances=Count("instances"))
+    firsts = {s.pk: s.instances.order_by("instance_number", "pk").first() for s in series}
+    rows = [(s, firsts[s.pk]) for s in series]
+    return render(request, "archive/study_detail.html", {"study": study, "patient": study.patient, "rows": rows})
+
+
+@login_required
+def series_detail(request, series_uid: str):
+    series = get_object_or_404(Series.objects.select_related("study__patient"), series_instance_uid=series_uid)
+    page = Paginator(series.instances.all(), 60).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "archive/series_detail.html",
+        {"series": series, "study": series.study, "patient": series.study.patient, "page": page},
+    )
+
+
+def _instance_or_404(sop_uid: str) -> Instance:
+    return get_object_or_404(Instance.objects.select_related("series__study__patient"), sop_instance_uid=sop_uid)
+
+
+@login_required
+def instance_detail(request, sop_uid: str):
+    instance = _instance_or_404(sop_uid)
+    try:
+        frame = max(1, min(int(request.GET.get("frame", 1)), instance.number_of_frames or 1))
+    except ValueError:
+        frame = 1
+    return render(
+        request,
+        "archive/instance_detail.html",
+        {
+            "instance": instance,
+            "series": instance.series,
+            "study": instance.series.study,
+            "patient": instance.series.study.patient,
+            "sop_class_name": sop_class_name(instance.sop_class_uid),
+            "frame": frame,
+            "attributes": services.instance_attributes(instance),
+        },
+    )
+
+
+@login_required
+def instance_preview(request, sop_uid: str):
+    instance = _instance_or_404(sop_uid)
+    try:
+        frame = int(request.GET.get("frame", 1))
+        size = min(int(request.GET.get("size", 512)), 2048)
+    except ValueError:
+        return HttpResponse("frame and size must be whole numbers", status=400, content_type="text/plain")
+    try:
+        png = services.instance_preview_png(instance, frame, size)
+    except NoPixelData:
+        raise Http404("this instance has no image")
+    except IndexError as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain")
+    except Exception as exc:
+        log.warning("cannot render %s frame %s: %s", sop_uid, frame, exc)
+        return HttpResponse("this image cannot be displayed", status=422, content_type="text/plain")
+    response = HttpResponse(png, content_type="image/png")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@login_required
+def instance_download(request, sop_uid: str):
+    instance = _instance_or_404(sop_uid)
+    response = HttpResponse(services.instance_path(instance).read_bytes(), content_type="application/dicom")
+    response["Content-Disposition"] = f'attachment; filename="{instance.sop_instance_uid}.dcm"'
+    return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def upload(request):
+    if request.method == "GET":
+        return render(request, "archive/upload.html")
+    files = request.FILES.getlist("files")
+    if not files:
+        messages.error(request, "Choose one or more DICOM files to upload.")
+        return redirect("archive:upload")
+    results = []
+    for upload_file in files:
+        results.append((upload_file.name, *_store_upload(upload_file.read(), request.user.username)))
+    return render(request, "archive/upload.html", {"results": results})
+
+
+def _store_upload(raw: bytes, username: str) -> tuple[bool, str, str]:
+    try:
+        result = services.instance_store(raw, source_ae=f"web:{username}"[:64])
+    except InvalidInstance as exc:
+        return False, f"not stored: {exc}", ""
+    except services.StorageFull:
+        return False, "not stored: the server's disk is full; tell the administrator", ""
+    uid = result.instance.sop_instance_uid
+    return True, "replaced the earlier copy" if result.replaced else "kept the earlier copy" if result.kept_existing else "stored", uid
+
+
+@api_login_required
+def api_instance(request, sop_uid: str):
+    instance = Instance.objects.select_related("series__study__patient").filter(sop_instance_uid=sop_uid).first()
+    if instance is None:
+        return JsonResponse({"error": f"no instance with SOP Instance UID {sop_uid}"}, status=404)
+    return JsonResponse(services.instance_summary(instance, request.build_absolute_uri("/")))
+
+
+@api_login_required
+def api_studies(request):
+    try:
+        limit = min(int(request.GET.get("limit", 50)), 500)
+        offset = max(int(request.GET.get("offset", 0)), 0)
+    except ValueError:
+        return JsonResponse({"error": "limit and offset must be whole numbers"}, status=400)
+    studies = Study.objects.select_related("patient").order_by("-study_date", "-id")[offset: offset + limit]
+    return JsonResponse(
+        {"studies": [services.study_summary(s) for s in studies], "limit": limit, "offset": offset}
+    )
+
+
+# -- error pages: messages for people, never tracebacks ------------------------------------------
+
+
+def _error(request, status: int, title: str, message: str):
+    if request.path.startswith(("/api/", "/dicomweb/")):
+        return JsonResponse({"error": message}, status=status)
+    return render(request, "error.html", {"title": title, "message": message}, status=status)
+
+
+def bad_request(request, exception=None):
+    return _error(request, 400, "Bad request", "The request could not be understood.")
+
+
+def permission_denied(request, exception=None):
+    return _error(request, 403, "Not allowed", "You do not have permission to see this page.")
+
+
+def page_not_found(request, exception=None):
+    return _error(request, 404, "Not found", "There is nothing at this address. It may have been deleted.")
+
+
+def server_error(request):
+    return _error(
+        request, 500, "Something went wrong",
+        "Sonoloop hit an unexpected error. It has been logged; please tell your administrator the time it happened.",
+    )
+
+
+def home(request):
+    return redirect(reverse("archive:studies"))

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("dicomweb/", include("sonoloop.web.archive.dicomweb_urls")),
+    path("", include("sonoloop.web.archive.urls")),
+]
+
+handler400 = "sonoloop.web.archive.views.bad_request"
+handler403 = "sonoloop.web.archive.views.permission_denied"
+handler404 = "sonoloop.web.archive.views.page_not_found"
+handler500 = "sonoloop.web.archive.views.server_error"

@@ -1,0 +1,70 @@
+import pytest
+
+from sonoloop.dicom import status
+from sonoloop.dicom.instance import InvalidInstance, is_valid_uid, read_instance
+
+from .helpers import file_bytes
+
+
+@pytest.mark.parametrize("key", ["cine_jpeg", "us_rle_palette", "us_j2k", "us_native", "us_implicit_palette",
+                                 "sc_rle", "jpeg_ls", "jpeg_extended", "deflated", "seg", "sr"])
+def test_real_files_of_every_kind_are_read_and_indexed(samples, key):
+    raw = samples[key].read_bytes()
+    _, record = read_instance(raw)
+    assert is_valid_uid(record.sop_instance_uid)
+    assert record.transfer_syntax_uid
+
+
+def test_cine_record_carries_frames_and_modality(samples):
+    _, record = read_instance(samples["cine_jpeg"].read_bytes())
+    assert record.number_of_frames == 120
+    assert record.modality == "US"
+    assert record.transfer_syntax_uid == "1.2.840.10008.1.2.4.50"
+    assert record.study_date == "20160503"
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9, 0.999])
+def test_truncated_native_dataset_is_refused(samples, cut):
+    raw = samples["us_native"].read_bytes()
+    with pytest.raises(InvalidInstance) as info:
+        read_instance(raw[: int(len(raw) * cut)])
+    assert 0xC000 <= info.value.status <= 0xCFFF
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.8, 0.999])
+def test_truncated_encapsulated_cine_is_refused(samples, cut):
+    raw = samples["cine_jpeg"].read_bytes()
+    with pytest.raises(InvalidInstance) as info:
+        read_instance(raw[: int(len(raw) * cut)])
+    assert 0xC000 <= info.value.status <= 0xCFFF
+
+
+def test_garbage_is_refused_as_cannot_understand():
+    with pytest.raises(InvalidInstance) as info:
+        read_instance(b"\x00" * 128 + b"DICM" + b"\xff" * 300)
+    assert info.value.status == status.CANNOT_UNDERSTAND
+
+
+@pytest.mark.parametrize("keyword", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
+def test_missing_uid_is_refused(samples, keyword):
+    with pytest.raises(InvalidInstance, match=keyword) as info:
+        read_instance(file_bytes(samples["us_rle_palette"], **{keyword: None}))
+    assert info.value.status == status.MISSING_UID
+
+
+def test_uid_with_path_characters_is_refused(samples):
+    with pytest.raises(InvalidInstance, match="not a valid UID") as info:
+        read_instance(file_bytes(samples["us_rle_palette"], SOPInstanceUID="../../etc/passwd"))
+    assert info.value.status == status.INVALID_UID
+
+
+def test_dataset_that_contradicts_the_request_is_refused(samples):
+    raw = samples["us_rle_palette"].read_bytes()
+    with pytest.raises(InvalidInstance) as info:
+        read_instance(raw, expected=("1.2.840.10008.5.1.4.1.1.7", ""))
+    assert info.value.status == status.DATASET_DOES_NOT_MATCH
+
+
+@pytest.mark.parametrize("uid, ok", [("1.2.840.10008.1.2", True), ("1..2", False), ("1.2.a", False), ("1." * 40, False)])
+def test_uid_syntax(uid, ok):
+    assert is_valid_uid(uid) is ok

@@ -1,0 +1,37 @@
+"""The domain core (dicom/, ml/, echo/) never imports Django or the web layer."""
+
+import ast
+from pathlib import Path
+
+import sonoloop
+
+CORE = ("dicom", "ml", "echo")
+FORBIDDEN = ("django", "sonoloop.web")
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def test_domain_core_does_not_import_django():
+    root = Path(sonoloop.__file__).parent
+    checked = 0
+    offenders = []
+    for package in CORE:
+        for path in (root / package).rglob("*.py") if (root / package).exists() else []:
+            checked += 1
+            for name in _imports(path):
+                if name == "django" or name.startswith(FORBIDDEN):
+                    offenders.append(f"{path.relative_to(root)} imports {name}")
+    assert checked > 0
+    assert offenders == []
+
+
+def test_config_module_stays_importable_without_django_settings():
+    source = (Path(sonoloop.__file__).parent / "config.py").read_text()
+    assert "django" not in source

@@ -1,0 +1,20 @@
+import dataclasses
+
+import pytest
+from django.conf import settings
+
+from sonoloop.web.archive import services
+
+
+@pytest.fixture
+def config(settings, tmp_path):
+    """A fresh data folder per test; returns a setter for other config fields."""
+    settings.CONFIG = dataclasses.replace(settings.CONFIG, data_dir=tmp_path / "data")
+    services.filestore.cache_clear()
+
+    def set_config(**changes):
+        settings.CONFIG = dataclasses.replace(settings.CONFIG, **changes)
+        services.filestore.cache_clear()
+
+    yield set_config
+    services.filestore.cache_clear()

@@ -1,0 +1,99 @@
+import pytest
+from django.db import DatabaseError
+from pydicom.dataset import Dataset
+
+from sonoloop.dicom.instance import InvalidInstance
+from sonoloop.dicom.query import parse_identifier
+from sonoloop.web.archive import services
+from sonoloop.web.archive.models import Instance, Patient, Series, Study
+from tests.dicom.helpers import file_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+def stored_files(config_dir):
+    return sorted(p for p in (config_dir / "objects").rglob("*.dcm"))
+
+
+def test_store_indexes_patient_study_series_instance(config, samples, settings):
+    result = services.instance_store(samples["cine_jpeg"].read_bytes(), source_ae="ECHO1")
+    inst = result.instance
+    assert result.created and not result.replaced
+    assert inst.number_of_frames == 120 and inst.transfer_syntax_uid == "1.2.840.10008.1.2.4.50"
+    assert inst.series.modality == "US" and inst.series.study.modalities == "US"
+    assert inst.source_ae == "ECHO1"
+    assert services.instance_path(inst).read_bytes() == samples["cine_jpeg"].read_bytes()
+    assert (Patient.objects.count(), Study.objects.count(), Series.objects.count()) == (1, 1, 1)
+
+
+def test_resend_replaces_by_default_without_duplicating(config, samples, settings):
+    first = services.instance_store(samples["us_rle_palette"].read_bytes()).instance
+    changed = file_bytes(samples["us_rle_palette"], SeriesDescription="corrected")
+    second = services.instance_store(changed)
+    assert second.replaced and second.instance.pk == first.pk
+    assert Instance.objects.count() == 1
+    assert services.instance_path(second.instance).read_bytes() == changed
+    assert len(stored_files(settings.CONFIG.data_dir)) == 1, "the replaced file is deleted"
+
+
+def test_resend_with_keep_policy_keeps_the_first_copy(config, samples, settings):
+    config(duplicate_policy="keep")
+    original = samples["us_rle_palette"].read_bytes()
+    services.instance_store(original)
+    result = services.instance_store(file_bytes(samples["us_rle_palette"], SeriesDescription="other"))
+    assert result.kept_existing
+    assert services.instance_path(result.instance).read_bytes() == original
+    assert len(stored_files(settings.CONFIG.data_dir)) == 1
+
+
+def test_broken_resend_neither_duplicates_nor_loses_the_original(config, samples, settings):
+    original = samples["us_native"].read_bytes()
+    inst = services.instance_store(original).instance
+    with pytest.raises(InvalidInstance):
+        services.instance_store(original[: len(original) // 2])
+    inst.refresh_from_db()
+    assert services.instance_path(inst).read_bytes() == original
+    assert Instance.objects.count() == 1
+    assert len(stored_files(settings.CONFIG.data_dir)) == 1
+
+
+def test_database_failure_leaves_no_orphan_file(config, samples, settings, monkeypatch):
+    def broken(*args, **kwargs):
+        raise DatabaseError("database is locked")
+
+    monkeypatch.setattr(services, "_index", broken)
+    with pytest.raises(DatabaseError):
+        services.instance_store(samples["us_rle_palette"].read_bytes())
+    assert stored_files(settings.CONFIG.data_dir) == []
+    assert Instance.objects.count() == 0
+
+
+def _store_all(samples, *keys):
+    for key in keys:
+        services.instance_store(samples[key].read_bytes())
+
+
+def _find(level, root="STUDY", **keys):
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return list(services.query_records(parse_identifier(ds, root)))
+
+
+def test_cfind_matching_on_the_index(config, samples):
+    _store_all(samples, "cine_jpeg", "us_j2k", "us_rle_palette", "sc_rle", "seg")
+    assert len(_find("STUDY")) == 5
+    assert {r["ModalitiesInStudy"] for r in _find("STUDY", ModalitiesInStudy="US")} == {"US"}
+    assert len(_find("STUDY", StudyDate="20040101-20111231")) == 2  # US1 2004, OBXXXX1A 2011
+    assert len(_find("STUDY", StudyDate="20160503")) == 1
+    assert len(_find("STUDY", StudyDate="-20040826")) == 2  # and the 2003 SEG
+    assert len(_find("STUDY", StudyDate="20170101-")) == 1
+    pla = _find("PATIENT", root="PATIENT", PatientName="pl*")
+    assert [r["PatientName"] for r in pla] == ["PLA"]
+    assert pla[0]["NumberOfPatientRelatedInstances"] == 1
+    cine = _find("IMAGE", NumberOfFrames="120")
+    assert len(cine) == 1 and cine[0]["AvailableTransferSyntaxUID"] == "1.2.840.10008.1.2.4.50"
+    uids = [r["StudyInstanceUID"] for r in _find("STUDY")][:2]
+    assert {r["StudyInstanceUID"] for r in _find("STUDY", StudyInstanceUID="\\".join(uids))} == set(uids)
+    assert _find("SERIES", Modality="S?G")[0]["Modality"] == "SEG"
