@@ -16,7 +16,7 @@ from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -87,6 +87,15 @@ class Permissions:
 
 
 @dataclass(frozen=True)
+class Located:
+    """A stored instance to send: its file and what a presentation context needs."""
+
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
 class Destination:
     ae_title: str
     host: str
@@ -103,7 +112,7 @@ class Archive(Protocol):
 
     def find(self, query: Query) -> Iterable[dict]: ...
 
-    def locate(self, query: Query) -> list[Path]: ...
+    def locate(self, query: Query) -> list[Located]: ...
 
     def move_destination(self, ae_title: str) -> Destination | None: ...
 
@@ -124,6 +133,21 @@ class NodeSettings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
+
+
+def move_contexts(located: list[Located]) -> list:
+    """Presentation contexts for a C-MOVE sub-association: each SOP class in its stored syntax,
+    plus the uncompressed syntaxes pynetdicom can convert native data to."""
+    wanted: dict[str, set[str]] = {}
+    for item in located:
+        wanted.setdefault(item.sop_class_uid, set()).add(item.transfer_syntax_uid)
+    contexts = []
+    for sop_class, syntaxes in sorted(wanted.items()):
+        compressed = sorted(syntaxes - set(TRANSFER_SYNTAXES[:2]))
+        for syntax in compressed:
+            contexts.append(build_context(sop_class, [syntax]))
+        contexts.append(build_context(sop_class, TRANSFER_SYNTAXES[:2]))
+    return contexts
 
 
 def _peer(event) -> tuple[str, str]:
@@ -147,13 +171,12 @@ class DicomNode:
         ae.network_timeout = s.network_timeout
         ae.maximum_pdu_size = s.max_pdu
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
-        for uid in STORAGE_SOP_CLASSES:
-            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
-        for model in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS):
-            ae.add_supported_context(model, TRANSFER_SYNTAXES[:3])
-        # C-GET sends C-STORE sub-operations back over the same association.
+        # Role selection is agreed to as proposed: C-GET requestors act as Storage SCP
+        # and take the C-STORE sub-operations back over the same association.
         for uid in STORAGE_SOP_CLASSES:
             ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        for model in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS):
+            ae.add_supported_context(model, TRANSFER_SYNTAXES[:3])
         return ae
 
     def handlers(self) -> list:
@@ -279,25 +302,40 @@ class DicomNode:
             return
         yield status.SUCCESS, None
 
-    def _datasets(self, event, paths: list[Path]) -> Iterator:
-        for path in paths:
+    def _datasets(self, event, located: list[Located]) -> Iterator:
+        for item in located:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
             try:
-                yield status.PENDING, dcmread(path)
+                yield status.PENDING, self._as_negotiated(event, item)
             except Exception as exc:  # a file unreadable on disk counts as a failed sub-operation
-                log.error("stored file %s cannot be read for retrieve: %s", path.name, exc)
+                log.error("stored file %s cannot be sent: %s", item.path.name, exc)
                 yield status.PENDING, None
+
+    @staticmethod
+    def _as_negotiated(event, item: Located) -> Dataset:
+        """The stored dataset, decompressed only when the peer accepted no context for its syntax."""
+        ds = dcmread(item.path)
+        if item.transfer_syntax_uid in TRANSFER_SYNTAXES[:2] or event.event.name != "EVT_C_GET":
+            return ds
+        accepted = {
+            cx.transfer_syntax[0]
+            for cx in event.assoc.accepted_contexts
+            if cx.abstract_syntax == item.sop_class_uid and cx.as_scu
+        }
+        if item.transfer_syntax_uid not in accepted and accepted & set(TRANSFER_SYNTAXES[:2]):
+            ds.decompress(generate_instance_uid=False)  # a change of transfer syntax keeps the identity
+        return ds
 
     def handle_get(self, event) -> Iterator:
         query = self._query(event, GET_MODELS, "C-GET")
         if isinstance(query, int):
             yield query, None
             return
-        paths = self.archive.locate(query)
-        yield len(paths)
-        yield from self._datasets(event, paths)
+        located = self.archive.locate(query)
+        yield len(located)
+        yield from self._datasets(event, located)
 
     def handle_move(self, event) -> Iterator:
         query = self._query(event, MOVE_MODELS, "C-MOVE")
@@ -311,7 +349,11 @@ class DicomNode:
             log.warning("C-MOVE from %s: destination %s is not a configured move destination", _peer(event)[0], destination_ae)
             yield None, None
             return
-        paths = self.archive.locate(query)
-        yield destination.host, destination.port, {"ae_title": destination.ae_title}
-        yield len(paths)
-        yield from self._datasets(event, paths)
+        located = self.archive.locate(query)
+        if len(move_contexts(located)) > 128:
+            log.warning("C-MOVE to %s needs more than 128 presentation contexts", destination_ae)
+            yield None, None
+            return
+        yield destination.host, destination.port, {"ae_title": destination.ae_title, "contexts": move_contexts(located)}
+        yield len(located)
+        yield from self._datasets(event, located)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from django.db import close_old_connections, connection
 
 from sonoloop.dicom import status
-from sonoloop.dicom.node import Destination, Permissions
+from sonoloop.dicom.node import Destination, Located, Permissions
 from sonoloop.dicom.query import Query
 
 from . import services
@@ -25,8 +23,11 @@ class DjangoArchive:
     def find(self, query: Query):
         return services.query_records(query)
 
-    def locate(self, query: Query) -> list[Path]:
-        return [services.instance_path(i) for i in services.instances_for(query)]
+    def locate(self, query: Query) -> list[Located]:
+        return [
+            Located(services.instance_path(i), i.sop_class_uid, i.transfer_syntax_uid)
+            for i in services.instances_for(query)
+        ]
 
     def move_destination(self, ae_title: str) -> Destination | None:
         return services.move_destination(ae_title)

@@ -1,0 +1,264 @@
+"""Real associations on loopback: dcmtk's tools and pynetdicom against a running `sonoloop serve`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, build_context
+from pynetdicom.sop_class import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, Verification
+
+from tests.conftest import free_port, make_server, require_tools, wait_for_port
+
+pytestmark = pytest.mark.e2e
+
+# storescu flag that proposes each file's transfer syntax.
+PROPOSE = {
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.1.99": "-xd",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tools():
+    require_tools("echoscu", "storescu", "findscu", "getscu", "movescu", "storescp")
+
+
+def storescu(server, path: Path, aet: str = "STORESCU") -> subprocess.CompletedProcess:
+    syntax = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    flags = [PROPOSE[syntax]] if syntax in PROPOSE else []
+    return subprocess.run(
+        ["storescu", "-v", "-R", *flags, "-aet", aet, "-aec", server.ae_title, "127.0.0.1", str(server.dicom_port), str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def findscu(server, model: str, keys: list[str], out: Path, aet: str = "QRSCU") -> list[Dataset]:
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["findscu", model, "-X", "-od", str(out), "-aet", aet, "-aec", server.ae_title]
+    for key in keys:
+        args += ["-k", key]
+    result = subprocess.run([*args, "127.0.0.1", str(server.dicom_port)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    responses = [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+    for p in out.glob("rsp*.dcm"):
+        p.unlink()
+    return responses
+
+
+@pytest.fixture(scope="module")
+def loaded(server, samples):
+    """Every sample stored with storescu; the query peer registered with the CLI."""
+    server.cli("peer", "add", "QRSCU", "--host", "127.0.0.1", "--port", "1", "--query")
+    for key, path in samples.items():
+        result = storescu(server, path)
+        assert result.returncode == 0 and "E:" not in result.stderr, f"{key}: {result.stderr}"
+    return samples
+
+
+def test_echoscu_gets_success(server):
+    result = subprocess.run(["echoscu", "-aec", server.ae_title, "127.0.0.1", str(server.dicom_port)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_stored_file_is_indexed_and_kept_as_sent(server, loaded, tmp_path):
+    stored = {}
+    for path in (server.data_dir / "objects").rglob("*.dcm"):
+        ds = dcmread(path)
+        stored[ds.SOPInstanceUID] = ds
+    assert len(stored) == len(loaded)
+    for key, path in loaded.items():
+        source = dcmread(path)
+        found = findscu(server, "-S", ["QueryRetrieveLevel=IMAGE", f"SOPInstanceUID={source.SOPInstanceUID}",
+                                       "StudyInstanceUID", "SeriesInstanceUID"], tmp_path)
+        assert len(found) == 1, key
+        copy = stored[source.SOPInstanceUID]
+        # As sent: same transfer syntax, same pixel bytes (no transcoding), same attributes.
+        assert copy.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID, key
+        assert copy.get("PixelData") == source.get("PixelData"), key
+        padding = 0xFFFCFFFC  # dcmtk drops trailing Data Set Trailing Padding when it sends
+        assert {e.tag for e in copy} - {padding} == {e.tag for e in source} - {padding}, key
+
+
+def test_cfind_study_root_with_date_range_and_wildcard(server, loaded, tmp_path):
+    studies = findscu(server, "-S", ["QueryRetrieveLevel=STUDY", "StudyDate=20040101-20111231", "PatientName",
+                                     "StudyInstanceUID", "ModalitiesInStudy"], tmp_path)
+    assert {str(s.PatientName) for s in studies} >= {"CompressedSamples^US1", "OB^^^^"}
+    assert all("20040101" <= s.StudyDate <= "20111231" for s in studies)
+    wild = findscu(server, "-S", ["QueryRetrieveLevel=STUDY", "PatientName=Compressed*^U?1", "StudyInstanceUID"], tmp_path)
+    assert {str(s.PatientName) for s in wild} == {"CompressedSamples^US1"}
+    assert [e.keyword for e in wild[0] if e.keyword not in ("SpecificCharacterSet", "RetrieveAETitle")] == \
+        ["QueryRetrieveLevel", "PatientName", "StudyInstanceUID"]
+
+
+def test_cfind_patient_root_levels(server, loaded, tmp_path):
+    patients = findscu(server, "-P", ["QueryRetrieveLevel=PATIENT", "PatientID", "PatientName=PLA",
+                                      "NumberOfPatientRelatedInstances"], tmp_path)
+    assert len(patients) == 1 and patients[0].NumberOfPatientRelatedInstances == 1
+    pid = patients[0].PatientID
+    studies = findscu(server, "-P", ["QueryRetrieveLevel=STUDY", f"PatientID={pid}", "StudyInstanceUID"], tmp_path)
+    study = studies[0].StudyInstanceUID
+    series = findscu(server, "-P", ["QueryRetrieveLevel=SERIES", f"PatientID={pid}", f"StudyInstanceUID={study}",
+                                    "SeriesInstanceUID", "Modality"], tmp_path)
+    assert [s.Modality for s in series] == ["US"]
+    images = findscu(server, "-P", ["QueryRetrieveLevel=IMAGE", f"PatientID={pid}", f"StudyInstanceUID={study}",
+                                    f"SeriesInstanceUID={series[0].SeriesInstanceUID}", "SOPInstanceUID",
+                                    "NumberOfFrames"], tmp_path)
+    assert len(images) == 1 and int(images[0].NumberOfFrames) == 120
+
+
+def test_cfind_from_an_unknown_ae_is_refused(server, loaded, tmp_path):
+    result = subprocess.run(
+        ["findscu", "-v", "-S", "-aet", "STRANGER", "-aec", server.ae_title, "-k", "QueryRetrieveLevel=STUDY",
+         "-k", "StudyInstanceUID", "127.0.0.1", str(server.dicom_port)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert re.search(r"Final Find Response \(.*0x0?124\)", result.stderr), result.stderr
+    assert "C-FIND refused: STRANGER" in server.log()
+
+
+def test_cget_retrieves_the_cine_loop_intact(server, loaded, tmp_path):
+    cine = dcmread(loaded["cine_jpeg"], stop_before_pixels=True)
+    result = subprocess.run(
+        ["getscu", "-S", "+xy", "-aet", "QRSCU", "-aec", server.ae_title, "-od", str(tmp_path),
+         "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={cine.StudyInstanceUID}",
+         "-k", f"SeriesInstanceUID={cine.SeriesInstanceUID}", "127.0.0.1", str(server.dicom_port)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (got,) = list(tmp_path.iterdir())
+    received = dcmread(got)
+    original = dcmread(loaded["cine_jpeg"])
+    assert received.SOPInstanceUID == original.SOPInstanceUID
+    # pynetdicom accepted Explicit VR Little Endian first, so the loop came back decoded.
+    assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert int(received.NumberOfFrames) == 120
+    assert (received.pixel_array == original.pixel_array).all()
+
+
+def test_cmove_sends_to_a_configured_destination_only(server, loaded, tmp_path):
+    dest_port = free_port()
+    out = tmp_path / "dest"
+    out.mkdir()
+    scp = subprocess.Popen(["storescp", "+xa", "-aet", "DEST", "-od", str(out), str(dest_port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(dest_port, 20)
+        server.cli("peer", "add", "DEST", "--host", "127.0.0.1", "--port", str(dest_port), "--move-destination")
+        study = dcmread(loaded["us_j2k"], stop_before_pixels=True).StudyInstanceUID
+        move = ["movescu", "-S", "-aet", "QRSCU", "-aec", server.ae_title, "-k", "QueryRetrieveLevel=STUDY",
+                "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.dicom_port)]
+        result = subprocess.run([*move[:1], "-aem", "DEST", *move[1:]], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        received = {dcmread(f).SOPInstanceUID: dcmread(f) for f in out.iterdir()}
+        same_study = [p for p in loaded.values() if dcmread(p, stop_before_pixels=True).StudyInstanceUID == study]
+        assert len(received) == len(same_study) == 2  # US1_J2KR and US1_UNCR share a study
+        for path in same_study:
+            source = dcmread(path)
+            assert received[source.SOPInstanceUID].PixelData == source.PixelData
+        unknown = subprocess.run([*move[:1], "-aem", "NOWHERE", *move[1:]], capture_output=True, text=True, timeout=60)
+        assert "Refused: MoveDestinationUnknown" in unknown.stderr, unknown.stderr
+    finally:
+        scp.terminate()
+        scp.wait(10)
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+def _associate(server, contexts, aet="BADSCU"):
+    ae = AE(ae_title=aet)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, contexts=contexts, ae_title=server.ae_title)
+    assert assoc.is_established
+    return assoc
+
+
+def test_truncated_dataset_gets_a_failure_status_and_nothing_is_indexed(server, loaded, tmp_path, monkeypatch):
+    source = loaded["us_native"].read_bytes()
+    ds = dcmread(loaded["us_native"])
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.999001"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    full = tmp_path / "full.dcm"
+    ds.save_as(full, enforce_file_format=True)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(full.read_bytes()[: len(source) // 2])
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    assoc = _associate(server, [build_context(UltrasoundImageStorage, "1.2.840.10008.1.2.1")])
+    try:
+        answer = assoc.send_c_store(truncated)
+    finally:
+        assoc.release()
+    assert 0xC000 <= answer.Status <= 0xCFFF
+    found = findscu(server, "-S", ["QueryRetrieveLevel=IMAGE", f"SOPInstanceUID={ds.SOPInstanceUID}"], tmp_path / "q")
+    assert found == []
+    log = server.log()
+    assert "BADSCU" in log and "1.2.826.0.1.3680043.8.498.999001" in log
+    assert list((server.data_dir / "tmp").glob("*.part")) == []
+
+
+def test_missing_uid_gets_a_failure_status_and_the_node_keeps_serving(server, loaded):
+    ds = dcmread(loaded["us_rle_palette"])
+    del ds.StudyInstanceUID
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.999002"
+    assoc = _associate(server, [build_context(UltrasoundImageStorage, "1.2.840.10008.1.2.5"),
+                                build_context(Verification)])
+    try:
+        answer = assoc.send_c_store(ds)
+        assert answer.Status == 0xC001
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_unsupported_transfer_syntax_is_rejected_at_negotiation(server):
+    mpeg2 = "1.2.840.10008.1.2.4.100"
+    ae = AE(ae_title="MPEGSCU")
+    ae.add_requested_context(UltrasoundMultiFrameImageStorage, mpeg2)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.ae_title)
+    try:
+        assert [c.abstract_syntax for c in assoc.accepted_contexts] == [Verification]
+        assert any(c.abstract_syntax == UltrasoundMultiFrameImageStorage for c in assoc.rejected_contexts)
+    finally:
+        assoc.release()
+
+
+def test_oversized_instance_is_refused_with_out_of_resources(tmp_path, samples):
+    srv = make_server(tmp_path, SONOLOOP_MAX_INSTANCE_MB="1").start()
+    try:
+        result = storescu(srv, samples["cine_jpeg"])
+        assert "Store Response (Refused: OutOfResources)" in result.stderr, result.stderr
+        assert "over the" in srv.log()
+        assert list((srv.data_dir / "objects").rglob("*.dcm")) == []
+    finally:
+        assert srv.stop() == 0
+
+
+def test_strict_mode_stores_only_from_known_peers(tmp_path, samples):
+    srv = make_server(tmp_path, SONOLOOP_DICOM_STRICT="1").start()
+    try:
+        refused = storescu(srv, samples["us_rle_palette"], aet="MODALITY1")
+        assert re.search(r"Store Response \(.*0x0?124\)", refused.stderr), refused.stderr
+        assert list((srv.data_dir / "objects").rglob("*.dcm")) == []
+        srv.cli("peer", "add", "MODALITY1", "--host", "127.0.0.1", "--port", "104", "--store")
+        listed = srv.cli("peer", "list").stdout
+        assert "MODALITY1" in listed
+        accepted = storescu(srv, samples["us_rle_palette"], aet="MODALITY1")
+        assert accepted.returncode == 0 and "E:" not in accepted.stderr
+        assert len(list((srv.data_dir / "objects").rglob("*.dcm"))) == 1
+        srv.cli("peer", "remove", "MODALITY1")
+        bad = srv.cli("peer", "add", "WAY_TOO_LONG_AE_TITLE", "--host", "h", "--port", "1", check=False)
+        assert bad.returncode != 0 and "at most 16" in bad.stderr
+    finally:
+        assert srv.stop() == 0
