@@ -38,6 +38,20 @@ def wait_for_port(port: int, timeout: float = 60.0, process: subprocess.Popen | 
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def sonoloop_bin() -> str:
     return str(Path(sys.executable).with_name("sonoloop"))
 
@@ -78,11 +92,14 @@ class Server:
                 self.process.wait()
 
     def kill_everything(self) -> None:
-        """SIGKILL the supervisor and every child at once (a power cut, for the process tree)."""
-        os.killpg(self.process.pid, signal.SIGKILL)
+        """SIGKILL every process of the tree, children first (a power cut, for the processes)."""
+        tree = _descendants(self.process.pid)
+        for pid in [*reversed(tree), self.process.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process.wait()
-        # Children are in their own process groups (so Ctrl-C reaches only the supervisor);
-        # they die through PR_SET_PDEATHSIG. Wait until the ports are free again.
         for port in (self.dicom_port, self.http_port):
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
@@ -113,6 +130,7 @@ def make_server(tmp_path: Path, **extra_env: str) -> Server:
         SONOLOOP_WEB_WORKERS="1",
     )
     env.update(extra_env)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     return Server(data_dir, http_port, dicom_port, env, tmp_path / "serve.log")
 
 

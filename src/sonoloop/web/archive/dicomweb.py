@@ -240,17 +240,16 @@ def _split_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     match = re.search(r'boundary="?([^";]+)"?', content_type)
     if not match:
         raise ValueError("the multipart/related Content-Type has no boundary")
-    delimiter = b"--" + match.group(1).encode()
+    # RFC 2046: the CRLF before each "--boundary" belongs to the delimiter.
+    delimiter = b"\r\n--" + match.group(1).encode()
     parts = []
-    for chunk in body.split(delimiter)[1:]:
+    for chunk in (b"\r\n" + body).split(delimiter)[1:]:
         if chunk.startswith(b"--"):
             break
         chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk
         head, sep, payload = chunk.partition(b"\r\n\r\n")
         if not sep:
             raise ValueError("a multipart part has no header/body separator")
-        if payload.endswith(b"\r\n"):
-            payload = payload[:-2]
         part_type = ""
         for line in head.decode("latin-1").split("\r\n"):
             name, _, value = line.partition(":")
