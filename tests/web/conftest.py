@@ -11,6 +11,7 @@ def config(settings, tmp_path):
     """A fresh data folder per test; returns a setter for other config fields."""
     settings.CONFIG = dataclasses.replace(settings.CONFIG, data_dir=tmp_path / "data")
     services.filestore.cache_clear()
+    services.forget_cached_parents()  # each test's database is rolled back
 
     def set_config(**changes):
         settings.CONFIG = dataclasses.replace(settings.CONFIG, **changes)

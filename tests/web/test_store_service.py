@@ -97,3 +97,4 @@ def test_cfind_matching_on_the_index(config, samples):
     uids = [r["StudyInstanceUID"] for r in _find("STUDY")][:2]
     assert {r["StudyInstanceUID"] for r in _find("STUDY", StudyInstanceUID="\\".join(uids))} == set(uids)
     assert _find("SERIES", Modality="S?G")[0]["Modality"] == "SEG"
+

@@ -44,7 +44,8 @@ class FileStore:
     def path(self, key: str) -> Path:
         if not _KEY_RE.match(key):
             raise ValueError(f"not a storage key: {key!r}")
-        return self.root / key[:2] / key[2:4] / f"{key}{self.suffix}"
+        # 256 folders: created once, after which a write never creates a directory.
+        return self.root / key[:2] / f"{key}{self.suffix}"
 
     def put(self, data: bytes) -> str:
         """Store ``data`` durably and return its new key."""
@@ -58,7 +59,6 @@ class FileStore:
                 folder.mkdir(parents=True, exist_ok=True)
                 if created:
                     _fsync_dir(folder.parent)
-                    _fsync_dir(folder.parent.parent)
                 self._known_dirs.add(str(folder))
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:

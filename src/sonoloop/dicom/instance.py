@@ -123,6 +123,8 @@ def expected_native_length(ds: Dataset) -> int | None:
 
 def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_instance_uid: str) -> None:
     if "PixelData" not in ds:
+        if "Rows" in ds and not any(k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")):
+            raise InvalidInstance("the image has no Pixel Data: the dataset is truncated", status.TRUNCATED, sop_instance_uid)
         return
     data = ds.PixelData
     if transfer_syntax in NATIVE_SYNTAXES:
@@ -154,11 +156,9 @@ def read_instance(raw: bytes, expected: tuple[str, str] | None = None) -> tuple[
     a dataset that says otherwise is refused (PS3.4 B.2.3, "does not match SOP Class").
     """
     try:
+        # Reading walks every element's tag and length (a broken structure raises here);
+        # values are decoded lazily, only those the index needs.
         ds = dcmread(BytesIO(raw))
-        for element in ds.iterall():
-            element.value  # noqa: B018 - forces every raw element to be decoded
-    except InvalidInstance:
-        raise
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, LookupError) as exc:
         raise InvalidInstance(f"the dataset cannot be parsed: {exc}", status.CANNOT_UNDERSTAND) from None
     except Exception as exc:  # pydicom raises a broad mix on damaged input

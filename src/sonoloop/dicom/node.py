@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Protocol
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, build_context, evt
+from pynetdicom import association as _association_module
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -77,6 +79,25 @@ MOVE_MODELS = {
     PatientRootQueryRetrieveInformationModelMove: "PATIENT",
     StudyRootQueryRetrieveInformationModelMove: "STUDY",
 }
+
+
+DUL_POLL_SECONDS = 0.0002
+
+
+class _FasterReactorClock:
+    """pynetdicom's association reactor polls its message queue with ``time.sleep(0.001)``
+    (association.py, ``_run_reactor``), which costs up to 1 ms per C-STORE in a batch.
+    Its module sees this clock instead: the 1 ms poll becomes 0.2 ms; other calls pass through."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(DUL_POLL_SECONDS if seconds == 0.001 else seconds)
+
+
+_association_module.time = _FasterReactorClock()
 
 
 @dataclass(frozen=True)
@@ -186,6 +207,7 @@ class DicomNode:
             (evt.EVT_C_FIND, self.handle_find),
             (evt.EVT_C_GET, self.handle_get),
             (evt.EVT_C_MOVE, self.handle_move),
+            (evt.EVT_ESTABLISHED, self._established),
             (evt.EVT_RELEASED, self._ended),
             (evt.EVT_ABORTED, self._ended),
             (evt.EVT_CONN_CLOSE, self._ended),
@@ -224,12 +246,22 @@ class DicomNode:
 
     # -- handlers ---------------------------------------------------------------------------
 
+    def _established(self, event) -> None:
+        # pynetdicom's DUL thread sleeps this long between polls when idle; its 1 ms
+        # default adds up to a millisecond to every C-STORE of a batch.
+        event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+
     def _ended(self, event) -> None:
         self.archive.association_ended()
 
     def _permissions(self, event) -> Permissions:
-        calling_ae, address = _peer(event)
-        return self.archive.permissions(calling_ae, address)
+        """Looked up once per association (a peer sends hundreds of instances in one)."""
+        cached = getattr(event.assoc, "_sonoloop_permissions", None)
+        if cached is None:
+            calling_ae, address = _peer(event)
+            cached = self.archive.permissions(calling_ae, address)
+            event.assoc._sonoloop_permissions = cached
+        return cached
 
     def handle_echo(self, event) -> int:
         if not self._permissions(event).echo:

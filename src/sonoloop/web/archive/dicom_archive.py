@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db import close_old_connections, connection
+from django.db import connection
 
 from sonoloop.dicom import status
 from sonoloop.dicom.node import Destination, Located, Permissions
@@ -16,7 +16,6 @@ class DjangoArchive:
         return services.peer_permissions(calling_ae, address)
 
     def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None) -> int:
-        close_old_connections()
         services.instance_store(raw, source_ae=calling_ae, expected=expected)
         return status.SUCCESS
 

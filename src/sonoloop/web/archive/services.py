@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -61,9 +62,42 @@ def _upsert(model, lookup: dict, values: dict):
     return obj
 
 
-def _index(record: InstanceRecord, file_key: str, file_size: int, source_ae: str) -> tuple[Instance, str | None]:
-    """Write the index rows for ``record``; returns the instance and the file key it replaced."""
-    r = record
+# Series UID → (the patient/study/series values last indexed, series pk). A cine batch sends
+# hundreds of instances of one series; their parents are written once, not per instance.
+_series_cache: dict[str, tuple[tuple, int]] = {}
+_series_cache_lock = threading.Lock()
+_SERIES_CACHE_SIZE = 4096
+
+
+def _parents_signature(r: InstanceRecord) -> tuple:
+    return (
+        r.patient_id, r.patient_name, r.patient_birth_date, r.patient_sex, r.study_instance_uid, r.study_date,
+        r.study_time, r.study_id, r.accession_number, r.study_description, r.referring_physician_name,
+        r.series_instance_uid, r.modality, r.series_number, r.series_description, r.series_date,
+        r.body_part_examined,
+    )
+
+
+def forget_cached_parents() -> None:
+    with _series_cache_lock:
+        _series_cache.clear()
+
+
+def _series_id(r: InstanceRecord) -> int:
+    signature = _parents_signature(r)
+    with _series_cache_lock:
+        hit = _series_cache.get(r.series_instance_uid)
+    if hit is not None and hit[0] == signature:
+        return hit[1]
+    series = _upsert_parents(r)
+    with _series_cache_lock:
+        if len(_series_cache) >= _SERIES_CACHE_SIZE:
+            _series_cache.clear()
+        _series_cache[r.series_instance_uid] = (signature, series.pk)
+    return series.pk
+
+
+def _upsert_parents(r: InstanceRecord) -> Series:
     patient = _upsert(
         Patient,
         {"patient_id": r.patient_id},
@@ -97,8 +131,14 @@ def _index(record: InstanceRecord, file_key: str, file_size: int, source_ae: str
             "body_part_examined": r.body_part_examined,
         },
     )
+    return series
+
+
+def _index(record: InstanceRecord, file_key: str, file_size: int, source_ae: str) -> tuple[Instance, str | None]:
+    """Write the index rows for ``record``; returns the instance and the file key it replaced."""
+    r = record
     fields = {
-        "series": series,
+        "series_id": _series_id(r),
         "sop_class_uid": r.sop_class_uid,
         "instance_number": r.instance_number,
         "number_of_frames": r.number_of_frames,
@@ -142,7 +182,9 @@ def instance_store(raw: bytes, *, source_ae: str = "", expected: tuple[str, str]
         with transaction.atomic():
             instance, old_key = _index(record, key, len(raw), source_ae)
     except IntegrityError:
-        # Two associations raced on the same new UID: the other won; index this copy over it.
+        # Two associations raced on the same new UID (the other won: index this copy over
+        # it), or a cached parent was deleted meanwhile: retry once without the cache.
+        forget_cached_parents()
         try:
             with transaction.atomic():
                 instance, old_key = _index(record, key, len(raw), source_ae)
@@ -171,6 +213,7 @@ def instance_delete(instance: Instance) -> None:
                 study.delete()
                 if not patient.studies.exists():
                     patient.delete()
+    forget_cached_parents()
     filestore().delete(key)
 
 
