@@ -262,3 +262,26 @@ def test_strict_mode_stores_only_from_known_peers(tmp_path, samples):
         assert bad.returncode != 0 and "at most 16" in bad.stderr
     finally:
         assert srv.stop() == 0
+
+
+def test_tls_node_answers_echo_over_tls_only(tmp_path):
+    import ssl
+
+    require_tools("openssl")
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    srv = make_server(tmp_path / "srv", SONOLOOP_DICOM_TLS_CERT=str(cert), SONOLOOP_DICOM_TLS_KEY=str(key)).start()
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        context.check_hostname = False
+        ae = AE(ae_title="TLSSCU")
+        ae.add_requested_context(Verification)
+        secure = ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title, tls_args=(context, None))
+        assert secure.is_established
+        assert secure.send_c_echo().Status == 0x0000
+        secure.release()
+        plain = ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title)
+        assert not plain.is_established
+    finally:
+        assert srv.stop() == 0
