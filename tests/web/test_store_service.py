@@ -98,3 +98,13 @@ def test_cfind_matching_on_the_index(config, samples):
     assert {r["StudyInstanceUID"] for r in _find("STUDY", StudyInstanceUID="\\".join(uids))} == set(uids)
     assert _find("SERIES", Modality="S?G")[0]["Modality"] == "SEG"
 
+
+
+def test_a_full_disk_indexes_nothing(config, samples, settings, monkeypatch):
+    def full(self, data, key=None):
+        raise services.StorageFull(28, "no space left for the instance")
+
+    monkeypatch.setattr(services.FileStore, "put", full)
+    with pytest.raises(services.StorageFull):
+        services.instance_store(samples["us_rle_palette"].read_bytes())
+    assert Instance.objects.count() == 0

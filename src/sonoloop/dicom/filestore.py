@@ -47,9 +47,9 @@ class FileStore:
         # 256 folders: created once, after which a write never creates a directory.
         return self.root / key[:2] / f"{key}{self.suffix}"
 
-    def put(self, data: bytes) -> str:
-        """Store ``data`` durably and return its new key."""
-        key = new_key()
+    def put(self, data: bytes, key: str | None = None) -> str:
+        """Store ``data`` durably under ``key`` (a new one if not given) and return the key."""
+        key = key or new_key()
         final = self.path(key)
         folder = final.parent
         temp = self.tmp / f"{key}.part"
@@ -61,6 +61,9 @@ class FileStore:
                     _fsync_dir(folder.parent)
                 self._known_dirs.add(str(folder))
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            if os.path.exists(final):
+                os.close(fd)
+                raise FileExistsError(f"key {key} is already in use")
             try:
                 view = memoryview(data)
                 while view:

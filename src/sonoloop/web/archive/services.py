@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, QuerySet
 
 from sonoloop.config import check_ae_title, ConfigError
-from sonoloop.dicom.filestore import FileStore, StorageFull  # noqa: F401 - re-exported for views
+from sonoloop.dicom.filestore import FileStore, StorageFull, new_key  # noqa: F401 - re-exported for views
 from sonoloop.dicom.instance import InstanceRecord, read_instance, sop_class_name
 from sonoloop.dicom.pixels import render_png
 from sonoloop.dicom.node import Destination, Permissions
@@ -162,40 +163,67 @@ def _index(record: InstanceRecord, file_key: str, file_size: int, source_ae: str
     return existing, old_key
 
 
+_writer: ThreadPoolExecutor | None = None
+_writer_lock = threading.Lock()
+
+
+def _file_writer() -> ThreadPoolExecutor:
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            _writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sonoloop-fsync")
+        return _writer
+
+
+def _discard(written: Future, key: str) -> None:
+    try:
+        written.result()
+    except Exception:
+        pass
+    filestore().delete(key)
+
+
+def _index_when_durable(record: InstanceRecord, key: str, size: int, source_ae: str, written: Future):
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic():
+                indexed = _index(record, key, size, source_ae)
+                written.result()  # the row commits only once the file is fsynced in place
+            return indexed
+        except IntegrityError:
+            # Two associations raced on the same new UID (the other won: index this copy
+            # over it), or a cached parent was deleted meanwhile: retry once without the cache.
+            if attempt == 2:
+                raise
+            forget_cached_parents()
+
+
 def instance_store(raw: bytes, *, source_ae: str = "", expected: tuple[str, str] | None = None) -> StoreResult:
     """Validate, durably write and index one DICOM instance (a complete DICOM file).
 
-    The file is fsynced under a new key before the index row is committed; a broken
-    copy raises :class:`InvalidInstance` before anything is touched.  Re-sending an
+    The file is written under a new server-generated key (temporary name, fsync, rename,
+    directory fsync) while the dataset is parsed and the index rows are prepared; the
+    index transaction commits only after the file is durable, and a broken copy raises
+    :class:`InvalidInstance` with the new file removed and nothing indexed.  Re-sending an
     existing SOP Instance UID follows ``SONOLOOP_DUPLICATE_POLICY``: ``replace`` (the
     default) swaps the index to the new copy in one transaction and then deletes the old
     file; ``keep`` discards the new copy and keeps the first.
     """
-    _, record = read_instance(raw, expected)
-    if settings.CONFIG.duplicate_policy == "keep":
-        existing = Instance.objects.filter(sop_instance_uid=record.sop_instance_uid).first()
-        if existing is not None:
-            return StoreResult(existing, created=False, replaced=False, kept_existing=True)
-    store = filestore()
-    key = store.put(raw)
+    key = new_key()
+    written = _file_writer().submit(filestore().put, raw, key)
     try:
-        with transaction.atomic():
-            instance, old_key = _index(record, key, len(raw), source_ae)
-    except IntegrityError:
-        # Two associations raced on the same new UID (the other won: index this copy over
-        # it), or a cached parent was deleted meanwhile: retry once without the cache.
-        forget_cached_parents()
-        try:
-            with transaction.atomic():
-                instance, old_key = _index(record, key, len(raw), source_ae)
-        except BaseException:
-            store.delete(key)
-            raise
+        _, record = read_instance(raw, expected)
+        if settings.CONFIG.duplicate_policy == "keep":
+            existing = Instance.objects.filter(sop_instance_uid=record.sop_instance_uid).first()
+            if existing is not None:
+                _discard(written, key)
+                return StoreResult(existing, created=False, replaced=False, kept_existing=True)
+        instance, old_key = _index_when_durable(record, key, len(raw), source_ae, written)
     except BaseException:
-        store.delete(key)
+        _discard(written, key)
         raise
     if old_key and old_key != key:
-        store.delete(old_key)
+        filestore().delete(old_key)
     return StoreResult(instance, created=old_key is None, replaced=old_key is not None, kept_existing=False)
 
 
