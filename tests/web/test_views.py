@@ -110,3 +110,18 @@ def test_stow_refuses_bad_requests_without_changing_anything(client, user, store
     failed = json.loads(garbage.content)["00081198"]["Value"][0]
     assert failed["00081197"]["Value"][0] >= 0xC000
     assert Instance.objects.count() == before
+
+
+def test_an_unexpected_error_shows_a_message_not_a_traceback(logged_in, stored, settings, monkeypatch):
+    settings.DEBUG = False
+
+    def broken(instance):
+        raise RuntimeError("secret patient detail in an exception")
+
+    monkeypatch.setattr(services, "instance_attributes", broken)
+    logged_in.raise_request_exception = False
+    page = logged_in.get(f"/instances/{stored['cine_jpeg'].sop_instance_uid}/")
+    assert page.status_code == 500
+    body = page.content.decode()
+    assert "Something went wrong" in body
+    assert "secret patient detail" not in body and "Traceback" not in body

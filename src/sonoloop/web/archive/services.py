@@ -245,6 +245,38 @@ def instance_delete(instance: Instance) -> None:
     filestore().delete(key)
 
 
+@dataclass
+class ArchiveCheck:
+    indexed: int
+    missing_files: list[str]  # SOP Instance UIDs whose file is gone
+    orphan_keys: list[str]  # files no index row points to (a crash between fsync and commit)
+    removed_orphans: int = 0
+
+
+def archive_check(remove_orphans: bool = False, min_age_seconds: float = 600) -> ArchiveCheck:
+    """Compare the index with the files: report missing files and unindexed (orphan) files.
+
+    Files younger than ``min_age_seconds`` are left alone: they may belong to a C-STORE in
+    progress, whose file is written before its index row commits.
+    """
+    import time
+
+    store = filestore()
+    keys = dict(Instance.objects.values_list("file_key", "sop_instance_uid"))
+    missing = [uid for key, uid in keys.items() if not store.path(key).exists()]
+    orphans, removed = [], 0
+    now = time.time()
+    for path in sorted(store.root.glob("*/*" + store.suffix)):
+        key = path.name[: -len(store.suffix)]
+        if key in keys or now - path.stat().st_mtime < min_age_seconds:
+            continue
+        orphans.append(key)
+        if remove_orphans and not Instance.objects.filter(file_key=key).exists():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return ArchiveCheck(len(keys), missing, orphans, removed)
+
+
 # -- querying (C-FIND, C-GET, C-MOVE, QIDO) ----------------------------------------------------
 
 FIELDS = {
