@@ -81,7 +81,7 @@ MOVE_MODELS = {
 }
 
 
-DUL_POLL_SECONDS = 0.0002
+DUL_POLL_SECONDS = 0.0001
 
 
 class _FasterReactorClock:
