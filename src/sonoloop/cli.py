@@ -61,6 +61,12 @@ def cmd_peer(args: argparse.Namespace) -> int:
     return _django(["peer", *args.rest])
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from sonoloop.ml import commands
+
+    return commands.train_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sonoloop",
@@ -88,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     peer.add_argument("rest", nargs=argparse.REMAINDER)
     peer.set_defaults(func=cmd_peer)
+
+    train = sub.add_parser("train", help="train a segmentation model on CAMUS-layout frames")
+    train.add_argument("--data", required=True, help="folder with images/, labels/, frames.csv (e.g. ../shared/data/camus)")
+    train.add_argument("--out", required=True, help="the new model folder (must not exist)")
+    train.add_argument("--work", help="checkpoints; an interrupted run resumes from here (default: OUT.work)")
+    train.add_argument("--name", default="camus-unet", help="model name recorded in model.json")
+    train.add_argument("--epochs", type=int, default=50)
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with avx512_bf16, GPUs)")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--fp16-weights", action="store_true", help="store the weights in float16 (half the size)")
+    train.add_argument("--tiny", action="store_true", help="the tiny test configuration (64², 3 stages)")
+    train.add_argument("--limit", type=int, help="use only the first N training and N validation frames")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -1,0 +1,52 @@
+"""What the `sonoloop train` command does, argument parsing aside."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .data import DataError, camus_frames, select
+from .modelfolder import ModelFolderError
+from .spec import TINY_ARCHITECTURE, TINY_PREPROCESSING
+from .train import TrainConfig, export_best, train
+
+CAMUS_NOTICE = """These weights derive from the CAMUS dataset and are distributed under its terms:
+Creative Commons Attribution-NonCommercial-ShareAlike 4.0 (CC BY-NC-SA 4.0), for
+non-commercial scientific research only.
+
+Cite: S. Leclerc, E. Smistad, J. Pedrosa, A. Ostvik, et al., "Deep Learning for
+Segmentation using an Open Large-Scale Dataset in 2D Echocardiography", IEEE Transactions
+on Medical Imaging 38(9):2198-2210, 2019, doi:10.1109/TMI.2019.2900516.
+"""
+
+
+def train_command(args) -> int:
+    out = Path(args.out)
+    if out.exists():
+        print(f"sonoloop train: {out} exists; a model version is never overwritten", file=sys.stderr)
+        return 2
+    try:
+        frames = camus_frames(Path(args.data))
+        train_frames = select(frames, "training", args.limit)
+        val_frames = select(frames, "validation", args.limit)
+    except DataError as exc:
+        print(f"sonoloop train: {exc}", file=sys.stderr)
+        return 2
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, bf16=args.bf16,
+                         augment=not args.no_augment)
+    if args.tiny:
+        config.architecture, config.preprocessing = dict(TINY_ARCHITECTURE), dict(TINY_PREPROCESSING)
+    work = Path(args.work) if args.work else out.with_name(out.name + ".work")
+    print(f"training on {len(train_frames)} frames, validating on {len(val_frames)}; checkpoints in {work}")
+    history = train(train_frames, val_frames, config, work, progress=not args.quiet)
+    try:
+        export_best(work, out, config, history, train_frames, val_frames, name=args.name,
+                    data_source=f"CAMUS frames ({Path(args.data).resolve()})", fp16=args.fp16_weights,
+                    notice=CAMUS_NOTICE)
+    except ModelFolderError as exc:
+        print(f"sonoloop train: {exc}", file=sys.stderr)
+        return 2
+    best = max(history, key=lambda h: h.score)
+    print(f"wrote {out}: best epoch {best.epoch}, validation Dice "
+          + ", ".join(f"{k} {v:.3f}" for k, v in best.val_dice.items()))
+    return 0

@@ -1,0 +1,48 @@
+"""Inference: frames in their original geometry in, label maps in the same geometry out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .modelfolder import load_model
+from .preprocess import Box, Geometry, prepare
+
+
+def restore_labels(probabilities: torch.Tensor, geometry: Geometry) -> np.ndarray:
+    """(C, S, S) class probabilities → (H, W) labels of the original frame.
+
+    The padding is cut away, the probabilities are resized (bilinear) to the crop box and
+    the argmax is taken there; everything outside the box is background.
+    """
+    g = geometry
+    inner = probabilities[:, g.pad_top: g.pad_top + g.scaled_height, g.pad_left: g.pad_left + g.scaled_width]
+    resized = F.interpolate(inner[None].float(), size=(g.box.height, g.box.width), mode="bilinear",
+                            align_corners=False)[0]
+    labels = np.zeros((g.height, g.width), dtype=np.uint8)
+    labels[g.box.top: g.box.bottom, g.box.left: g.box.right] = resized.argmax(0).to(torch.uint8).numpy()
+    return labels
+
+
+class Segmenter:
+    def __init__(self, folder: Path, device: str = "cpu", chunk: int = 4):
+        self.network, self.description = load_model(folder, device)
+        self.device, self.chunk = device, chunk
+        self.size = int(self.description["preprocessing"]["size"])
+        self.classes = list(self.description["classes"])
+
+    @torch.no_grad()
+    def predict(self, frames: np.ndarray | list, box: Box | None = None, bits_stored: int | None = None
+                ) -> np.ndarray:
+        """Label maps (N, H, W) uint8 for frames (N, H, W) or (N, H, W, 3), batched in small chunks."""
+        prepared = [prepare(frame, self.size, box, bits_stored) for frame in frames]
+        out = []
+        for start in range(0, len(prepared), self.chunk):
+            part = prepared[start: start + self.chunk]
+            batch = torch.from_numpy(np.stack([x for x, _ in part]))[:, None].to(self.device)
+            probabilities = torch.softmax(self.network(batch).float(), dim=1).cpu()
+            out += [restore_labels(p, g) for p, (_, g) in zip(probabilities, part)]
+        return np.stack(out)

@@ -1,0 +1,200 @@
+"""Training: Adam, Dice + cross-entropy, ultrasound augmentation, validation every epoch,
+the best epoch kept, a checkpoint every epoch so an interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from safetensors.torch import load_file, save_file
+
+from .data import LabelledFrame, SegmentationDataset, patients, ultrasound_augmentation
+from .modelfolder import load_unique_state, save_model, unique_state
+from .network import build_network
+from .spec import CLASSES, DEFAULT_ARCHITECTURE, DEFAULT_PREPROCESSING
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    architecture: dict = field(default_factory=lambda: dict(DEFAULT_ARCHITECTURE))
+    preprocessing: dict = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
+    epochs: int = 50
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    augment: bool = True
+    bf16: bool = False  # autocast on CPU (avx512_bf16) or GPU
+    seed: int = 0
+    workers: int = 0
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must match to be resumed (more epochs may be asked for)."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("epochs", "workers")}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    train_loss: float
+    val_dice: dict  # class name → mean Dice on the validation frames
+    seconds: float
+
+    @property
+    def score(self) -> float:
+        return float(np.mean(list(self.val_dice.values())))
+
+
+def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: int) -> list[float]:
+    """Dice for classes 1..classes-1; both empty counts as 1."""
+    scores = []
+    for c in range(1, classes):
+        p, t = prediction == c, truth == c
+        denominator = p.sum() + t.sum()
+        scores.append(1.0 if denominator == 0 else 2.0 * np.logical_and(p, t).sum() / denominator)
+    return scores
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _autocast(config: TrainConfig, device: str):
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=config.bf16)
+
+
+def evaluate_network(network, loader, config: TrainConfig, device: str) -> dict:
+    network.eval()
+    per_class = []
+    with torch.no_grad(), _autocast(config, device):
+        for batch in loader:
+            logits = network(batch["image"].to(device))
+            predicted = logits.argmax(1).cpu().numpy()
+            truth = batch["label"][:, 0].numpy()
+            per_class += [dice_per_class(p, t, len(CLASSES)) for p, t in zip(predicted, truth)]
+    means = np.mean(per_class, axis=0)
+    return {name: round(float(v), 4) for name, v in zip(CLASSES[1:], means)}
+
+
+def train(
+    train_frames: list[LabelledFrame],
+    val_frames: list[LabelledFrame],
+    config: TrainConfig,
+    work_dir: Path,
+    progress: bool = True,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> list[EpochReport]:
+    """Train (or resume) in ``work_dir``; returns the per-epoch history."""
+    if not train_frames or not val_frames:
+        raise ValueError("training needs at least one training and one validation frame")
+    overlap = patients(train_frames) & patients(val_frames)
+    if overlap:
+        raise ValueError(f"patients in both training and validation: {sorted(overlap)[:5]}")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    device = _device()
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    size = config.preprocessing["size"]
+    augment = ultrasound_augmentation() if config.augment else None
+    if augment is not None:
+        augment.set_random_state(config.seed)
+    train_loader = torch.utils.data.DataLoader(
+        SegmentationDataset(train_frames, size, augment), batch_size=config.batch_size, shuffle=True,
+        num_workers=config.workers, drop_last=len(train_frames) > config.batch_size,
+    )
+    val_loader = torch.utils.data.DataLoader(SegmentationDataset(val_frames, size), batch_size=config.batch_size)
+    network = build_network(config.architecture).to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    history: list[EpochReport] = []
+    start_epoch, best_score = 0, -1.0
+
+    checkpoint = work_dir / CHECKPOINT
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state["fingerprint"] != config.fingerprint():
+            raise ValueError(f"{checkpoint} belongs to a different training configuration; use another work folder")
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_score = int(state["epoch"]), float(state["best_score"])
+        history = [EpochReport(**h) for h in json.loads(state["history"])]
+
+    for epoch in range(start_epoch, config.epochs):
+        began = time.monotonic()
+        network.train()
+        losses = []
+        batches = train_loader
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+        for batch in batches:
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(config, device):
+                logits = network(batch["image"].to(device))
+            loss = loss_fn(logits.float(), batch["label"].to(device))
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if progress:
+                batches.set_postfix(loss=f"{np.mean(losses):.4f}")
+        report = EpochReport(epoch + 1, round(float(np.mean(losses)), 5),
+                             evaluate_network(network, val_loader, config, device),
+                             round(time.monotonic() - began, 1))
+        history.append(report)
+        if report.score > best_score:
+            best_score = report.score
+            save_file({k: v.contiguous().cpu() for k, v in unique_state(network).items()}, work_dir / BEST)
+        _save_checkpoint(checkpoint, network, optimizer, epoch + 1, best_score, history, config)
+        if progress:
+            print(f"epoch {report.epoch}: loss {report.train_loss:.4f}, validation Dice "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in report.val_dice.items()) + f" ({report.seconds:.0f} s)")
+        if on_epoch is not None:
+            on_epoch(report)
+    return history
+
+
+def _save_checkpoint(path: Path, network, optimizer, epoch: int, best: float, history, config: TrainConfig) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save({
+        "network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+        "best_score": best, "history": json.dumps([asdict(h) for h in history]), "fingerprint": config.fingerprint(),
+    }, temporary)
+    temporary.replace(path)
+
+
+def export_best(work_dir: Path, folder: Path, config: TrainConfig, history: list[EpochReport],
+                train_frames: list[LabelledFrame], val_frames: list[LabelledFrame], *, name: str,
+                data_source: str, parent: str | None = None, fp16: bool = False, notice: str | None = None) -> Path:
+    """The best epoch as a self-describing model folder."""
+    network = build_network(config.architecture)
+    load_unique_state(network, load_file(Path(work_dir) / BEST))
+    best = max(history, key=lambda h: h.score)
+    description = {
+        "name": name,
+        "parent": parent,
+        "architecture": config.architecture,
+        "classes": CLASSES,
+        "preprocessing": config.preprocessing,
+        "training": {
+            "hyperparameters": {k: v for k, v in asdict(config).items() if k not in ("architecture", "preprocessing")},
+            "data_source": data_source,
+            "train_frames": [f.frame_id for f in train_frames],
+            "validation_frames": [f.frame_id for f in val_frames],
+            "best_epoch": best.epoch,
+            "history": [asdict(h) for h in history],
+        },
+        "metrics": {"validation_dice_network_space": best.val_dice},
+    }
+    return save_model(folder, network, description, fp16=fp16, notice=notice)

@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sonoloop.ml.data import DataError, camus_frames, patients, select
+from sonoloop.ml.infer import Segmenter
+from sonoloop.ml.modelfolder import ModelFolderError, load_model, save_model
+from sonoloop.ml.network import build_network
+from sonoloop.ml.spec import CLASSES, DEFAULT_ARCHITECTURE, TINY_ARCHITECTURE, TINY_PREPROCESSING
+from sonoloop.ml.train import TrainConfig, export_best, train
+
+
+def test_the_default_network_is_the_papers_unet():
+    net = build_network(DEFAULT_ARCHITECTURE)
+    out = net(torch.zeros(1, 1, 384, 384))
+    assert out.shape == (1, 4, 384, 384)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert max(c.out_channels for c in convs) == 320
+    assert convs[-1].kernel_size == (1, 1) and convs[-1].out_channels == 4
+
+
+def test_model_folder_round_trip_and_clear_errors(tmp_path):
+    net = build_network(TINY_ARCHITECTURE)
+    description = {"name": "t", "architecture": TINY_ARCHITECTURE, "classes": CLASSES, "preprocessing": TINY_PREPROCESSING}
+    x = torch.rand(1, 1, 64, 64)
+    exact, _ = load_model(save_model(tmp_path / "fp32", net, description))
+    assert torch.allclose(exact(x), net.eval()(x), atol=1e-6)
+    folder = save_model(tmp_path / "v1", net, description, fp16=True)
+    loaded, meta = load_model(folder)
+    assert meta["weights"]["dtype"] == "float16"
+    agreement = (loaded(x).argmax(1) == net(x).argmax(1)).float().mean()
+    assert agreement > 0.98
+    with pytest.raises(ModelFolderError, match="never overwritten"):
+        save_model(folder, net, description)
+    with pytest.raises(ModelFolderError, match="model.json is missing"):
+        load_model(tmp_path)
+    mismatched = json.loads((folder / "model.json").read_text())
+    mismatched["architecture"]["filters"] = [8, 8, 16]
+    (folder / "model.json").write_text(json.dumps(mismatched))
+    with pytest.raises(ModelFolderError, match="wrong shape"):
+        load_model(folder)
+    (folder / "weights.safetensors").unlink()
+    with pytest.raises(ModelFolderError, match="weights file weights.safetensors is missing"):
+        load_model(folder)
+
+
+def test_camus_frames_are_split_by_patient(camus_dir):
+    frames = camus_frames(camus_dir)
+    training, validation = select(frames, "training"), select(frames, "validation")
+    assert len(training) == 298 and len(validation) == 34
+    assert not patients(training) & patients(validation)
+    with pytest.raises(DataError, match="not a CAMUS frames folder"):
+        camus_frames(camus_dir / "images")
+
+
+def test_a_tiny_network_learns_on_real_frames_and_resumes(camus_dir, tmp_path):
+    frames = camus_frames(camus_dir)
+    train_frames = select(frames, "training", limit=8)
+    val_frames = select(frames, "validation", limit=2)
+    config = TrainConfig(architecture=TINY_ARCHITECTURE, preprocessing=TINY_PREPROCESSING, epochs=4, batch_size=4,
+                         learning_rate=3e-3, augment=False)
+    history = train(train_frames, val_frames, config, tmp_path / "work", progress=False)
+    assert len(history) == 4
+    assert history[-1].train_loss < history[0].train_loss
+    config.epochs = 5
+    resumed = train(train_frames, val_frames, config, tmp_path / "work", progress=False)
+    assert [h.epoch for h in resumed] == [1, 2, 3, 4, 5]
+    folder = export_best(tmp_path / "work", tmp_path / "model", config, resumed, train_frames, val_frames,
+                         name="tiny", data_source=str(camus_dir))
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["training"]["train_frames"] == [f.frame_id for f in train_frames]
+    image, _ = val_frames[0].load()
+    labels = Segmenter(folder).predict(np.stack([image, image]))
+    assert labels.shape == (2, *image.shape) and labels.dtype == np.uint8
+
+
+def test_train_command_writes_a_model_folder_with_the_camus_notice(camus_dir, tmp_path):
+    from sonoloop.cli import main
+
+    out = tmp_path / "tiny-model"
+    code = main(["train", "--data", str(camus_dir), "--out", str(out), "--tiny", "--epochs", "1", "--limit", "4",
+                 "--no-augment", "--quiet"])
+    assert code == 0
+    assert "CC BY-NC-SA 4.0" in (out / "NOTICE").read_text()
+    assert json.loads((out / "model.json").read_text())["architecture"] == TINY_ARCHITECTURE
+    assert main(["train", "--data", str(camus_dir), "--out", str(out), "--tiny", "--quiet"]) == 2
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "x"), "--tiny", "--quiet"]) == 2
