@@ -67,6 +67,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return commands.train_command(args)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from sonoloop.ml import commands
+
+    return commands.evaluate_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sonoloop",
@@ -110,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit", type=int, help="use only the first N training and N validation frames")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="score a model on CAMUS-layout frames (Dice, HD95, by ED/ES)")
+    evaluate.add_argument("--model", required=True, help="a model folder, or 'default' for the shipped model")
+    evaluate.add_argument("--data", required=True, help="folder with images/, labels/, frames.csv")
+    evaluate.add_argument("--split", default=None, help="training | validation (default: every frame listed)")
+    evaluate.add_argument("--limit", type=int, help="only the first N frames")
+    evaluate.add_argument("--json", required=True, help="where to write the full report")
+    evaluate.add_argument("--markdown", help="also write the summary table here")
+    evaluate.add_argument("--png", help="also write a grid of predictions over the ground truth here")
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 

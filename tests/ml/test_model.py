@@ -87,3 +87,34 @@ def test_train_command_writes_a_model_folder_with_the_camus_notice(camus_dir, tm
     assert json.loads((out / "model.json").read_text())["architecture"] == TINY_ARCHITECTURE
     assert main(["train", "--data", str(camus_dir), "--out", str(out), "--tiny", "--quiet"]) == 2
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "x"), "--tiny", "--quiet"]) == 2
+
+
+def test_evaluate_reports_camus_structures_by_phase(camus_dir, tmp_path):
+    from sonoloop.cli import main
+
+    model = tmp_path / "tiny"
+    assert main(["train", "--data", str(camus_dir), "--out", str(model), "--tiny", "--epochs", "1", "--limit", "4",
+                 "--no-augment", "--quiet"]) == 0
+    report_path = tmp_path / "report.json"
+    code = main(["evaluate", "--model", str(model), "--data", str(camus_dir), "--split", "validation", "--limit", "4",
+                 "--json", str(report_path), "--markdown", str(tmp_path / "r.md"), "--png", str(tmp_path / "r.png")])
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert report["frames"] == 4 and set(report["summary"]) >= {"all"}
+    assert set(report["summary"]["all"]) == {"LV endo", "LV epi", "LA", "MYO"}
+    assert 0.0 <= report["summary"]["all"]["LV epi"]["dice"] <= 1.0
+    assert (tmp_path / "r.png").read_bytes().startswith(b"\x89PNG")
+    assert "| phase |" in (tmp_path / "r.md").read_text()
+    assert main(["evaluate", "--model", "default", "--data", str(camus_dir), "--json", str(tmp_path / "x.json")]) == 2
+
+
+def test_dice_and_hd95_on_known_masks():
+    from sonoloop.ml.evaluate import dice, hd95
+
+    a = np.zeros((50, 50), bool)
+    a[10:20, 10:20] = True
+    b = np.zeros((50, 50), bool)
+    b[10:20, 15:25] = True
+    assert dice(a, a) == 1.0 and dice(a, b) == pytest.approx(0.5)
+    assert hd95(a, a) == 0.0 and 4.0 <= hd95(a, b) <= 5.0
+    assert np.isnan(hd95(a, np.zeros_like(a)))

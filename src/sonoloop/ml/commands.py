@@ -50,3 +50,32 @@ def train_command(args) -> int:
     print(f"wrote {out}: best epoch {best.epoch}, validation Dice "
           + ", ".join(f"{k} {v:.3f}" for k, v in best.val_dice.items()))
     return 0
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+def resolve_model(name: str) -> Path:
+    if name == "default":
+        if not (DEFAULT_MODEL / "model.json").exists():
+            raise ModelFolderError(f"no default model is shipped in {DEFAULT_MODEL} yet; pass --model FOLDER")
+        return DEFAULT_MODEL
+    return Path(name)
+
+
+def evaluate_command(args) -> int:
+    from .evaluate import evaluate, write_reports
+    from .infer import Segmenter
+
+    try:
+        segmenter = Segmenter(resolve_model(args.model))
+        frames = select(camus_frames(Path(args.data)), args.split, args.limit)
+    except (ModelFolderError, DataError) as exc:
+        print(f"sonoloop evaluate: {exc}", file=sys.stderr)
+        return 2
+    report, examples = evaluate(segmenter, frames)
+    write_reports(report, examples, Path(args.json), args.markdown and Path(args.markdown), args.png and Path(args.png))
+    from .evaluate import markdown_table
+
+    print(markdown_table(report))
+    return 0

@@ -1,0 +1,118 @@
+"""Evaluation in the original frame geometry: per-class Dice, the CAMUS structures
+(LV endo = 1, LV epi = 1 ∪ 2, LA = 3) by ED/ES, and the 95th-percentile Hausdorff distance;
+written as JSON, a Markdown table and a PNG grid of predictions over the ground truth."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import compute_hausdorff_distance
+from PIL import Image, ImageDraw
+
+from .data import LabelledFrame
+from .infer import Segmenter
+
+STRUCTURES = {"LV endo": (1,), "LV epi": (1, 2), "LA": (3,), "MYO": (2,)}
+COLOURS = {1: (255, 64, 64), 2: (64, 200, 64), 3: (64, 128, 255)}
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    denominator = prediction.sum() + truth.sum()
+    return 1.0 if denominator == 0 else float(2.0 * np.logical_and(prediction, truth).sum() / denominator)
+
+
+def hd95(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """In pixels; NaN when either mask is empty."""
+    if not prediction.any() or not truth.any():
+        return float("nan")
+    p = torch.from_numpy(prediction)[None, None].float()
+    t = torch.from_numpy(truth)[None, None].float()
+    return float(compute_hausdorff_distance(p, t, percentile=95)[0, 0])
+
+
+def frame_scores(prediction: np.ndarray, truth: np.ndarray) -> dict:
+    scores = {}
+    for name, labels in STRUCTURES.items():
+        p, t = np.isin(prediction, labels), np.isin(truth, labels)
+        scores[name] = {"dice": round(dice(p, t), 4), "hd95": round(hd95(p, t), 2)}
+    return scores
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if not math.isnan(v)]
+    return round(float(np.mean(finite)), 4) if finite else None
+
+
+def summarise(per_frame: list[dict]) -> dict:
+    summary = {}
+    for phase in ("ED", "ES", "all"):
+        rows = [f for f in per_frame if phase == "all" or f["phase"] == phase]
+        if not rows:
+            continue
+        summary[phase] = {
+            name: {
+                "dice": _mean([r["scores"][name]["dice"] for r in rows]),
+                "hd95_px": _mean([r["scores"][name]["hd95"] for r in rows]),
+                "frames": len(rows),
+            }
+            for name in STRUCTURES
+        }
+    return summary
+
+
+def evaluate(segmenter: Segmenter, frames: list[LabelledFrame]) -> tuple[dict, list[tuple]]:
+    per_frame, examples = [], []
+    for frame in frames:
+        image, truth = frame.load()
+        prediction = segmenter.predict(image[None])[0]
+        per_frame.append({"frame": frame.frame_id, "patient": frame.patient, "view": frame.view,
+                          "phase": frame.phase, "scores": frame_scores(prediction, truth)})
+        examples.append((frame.frame_id, image, truth, prediction))
+    report = {"model": segmenter.description.get("name"), "frames": len(frames),
+              "summary": summarise(per_frame), "per_frame": per_frame}
+    return report, examples
+
+
+def markdown_table(report: dict) -> str:
+    lines = [f"Model `{report['model']}` on {report['frames']} frames (Dice; HD95 in pixels)", "",
+             "| phase | " + " | ".join(STRUCTURES) + " |", "| --- |" + " --- |" * len(STRUCTURES)]
+    for phase, structures in report["summary"].items():
+        cells = [f"{s['dice']:.3f} / {s['hd95_px'] if s['hd95_px'] is not None else 'n/a'}" for s in structures.values()]
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    inner = mask.copy()
+    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return mask & ~inner
+
+
+def png_grid(examples: list[tuple], path: Path, columns: int = 4, tile: int = 256) -> None:
+    """Each tile: the frame, ground truth filled faintly, prediction outlined."""
+    rows = max(1, math.ceil(len(examples) / columns))
+    canvas = Image.new("RGB", (columns * tile, rows * (tile + 16)), "black")
+    draw = ImageDraw.Draw(canvas)
+    for n, (frame_id, image, truth, prediction) in enumerate(examples):
+        rgb = np.repeat(image[..., None], 3, axis=2).astype(np.float32)
+        for label, colour in COLOURS.items():
+            rgb[truth == label] = 0.7 * rgb[truth == label] + 0.3 * np.array(colour)
+            rgb[_outline(prediction == label)] = colour
+        picture = Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).resize((tile, tile))
+        x, y = (n % columns) * tile, (n // columns) * (tile + 16)
+        canvas.paste(picture, (x, y + 16))
+        draw.text((x + 4, y + 2), frame_id, fill="white")
+    canvas.save(path)
+
+
+def write_reports(report: dict, examples: list[tuple], json_path: Path, markdown_path: Path | None = None,
+                  png_path: Path | None = None) -> None:
+    Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    if markdown_path:
+        Path(markdown_path).write_text(markdown_table(report))
+    if png_path:
+        png_grid(examples[:16], Path(png_path))
