@@ -73,6 +73,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return commands.evaluate_command(args)
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from sonoloop.ml import commands
+
+    return commands.predict_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sonoloop",
@@ -126,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--markdown", help="also write the summary table here")
     evaluate.add_argument("--png", help="also write a grid of predictions over the ground truth here")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="segment every frame of a DICOM file")
+    predict.add_argument("file", help="a DICOM image or cine loop")
+    predict.add_argument("--out", required=True, help="folder for mask-NNNN.png (label values) and overlay.png")
+    predict.add_argument("--model", default="default", help="a model folder, or 'default'")
+    predict.set_defaults(func=cmd_predict)
     return parser
 
 

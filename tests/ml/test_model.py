@@ -118,3 +118,23 @@ def test_dice_and_hd95_on_known_masks():
     assert dice(a, a) == 1.0 and dice(a, b) == pytest.approx(0.5)
     assert hd95(a, a) == 0.0 and 4.0 <= hd95(a, b) <= 5.0
     assert np.isnan(hd95(a, np.zeros_like(a)))
+
+
+def test_predict_segments_every_frame_of_a_real_cine_in_its_own_geometry(camus_dir, tmp_path, samples):
+    from PIL import Image
+
+    from sonoloop.cli import main
+
+    model = tmp_path / "tiny"
+    assert main(["train", "--data", str(camus_dir), "--out", str(model), "--tiny", "--epochs", "1", "--limit", "4",
+                 "--no-augment", "--quiet"]) == 0
+    out = tmp_path / "pred"
+    assert main(["predict", str(samples["cine_jpeg"]), "--out", str(out), "--model", str(model)]) == 0
+    masks = sorted(out.glob("mask-*.png"))
+    assert len(masks) == 120
+    assert np.asarray(Image.open(masks[0])).shape == (480, 640)
+    assert (out / "overlay.png").exists()
+    assert main(["predict", str(samples["sr"]), "--out", str(out), "--model", str(model)]) == 2
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(samples["us_native"].read_bytes()[:5000])
+    assert main(["predict", str(broken), "--out", str(out), "--model", str(model)]) == 2

@@ -63,3 +63,17 @@ def render_png(path: Path, index: int = 0, max_size: int | None = None) -> bytes
     out = BytesIO()
     image.save(out, format="PNG", optimize=False)
     return out.getvalue()
+
+
+def all_frames(path: Path) -> tuple[np.ndarray, object]:
+    """Every frame decoded (N, H, W) or (N, H, W, 3) — colour as RGB — with the header."""
+    header = dcmread(path, stop_before_pixels=True)
+    if header.get("Rows") is None:
+        raise NoPixelData(f"{Path(path).name} has no image (SOP Class {header.get('SOPClassUID', '?')})")
+    array = pixel_array(path)
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    if frames == 1:
+        array = array[None]
+    if str(header.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        array = apply_color_lut(array, header)
+    return array, header

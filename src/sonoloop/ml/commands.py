@@ -79,3 +79,45 @@ def evaluate_command(args) -> int:
 
     print(markdown_table(report))
     return 0
+
+
+def predict_command(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from sonoloop.dicom.pixels import NoPixelData, all_frames
+
+    from .evaluate import COLOURS
+    from .infer import Segmenter
+    from .preprocess import FrameError, region_box
+
+    try:
+        segmenter = Segmenter(resolve_model(args.model))
+    except ModelFolderError as exc:
+        print(f"sonoloop predict: {exc}", file=sys.stderr)
+        return 2
+    try:
+        frames, header = all_frames(Path(args.file))
+        box = region_box(header.get("SequenceOfUltrasoundRegions"), frames.shape[1], frames.shape[2])
+        labels = segmenter.predict(frames, box, bits_stored=int(header.get("BitsStored", 8) or 8))
+    except (NoPixelData, FrameError) as exc:
+        print(f"sonoloop predict: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # pydicom's decoders raise many kinds on a corrupt file
+        print(f"sonoloop predict: {Path(args.file).name} cannot be read as a DICOM image: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for n, frame_labels in enumerate(labels, start=1):
+        Image.fromarray(frame_labels).save(out / f"mask-{n:04d}.png")
+    middle = len(labels) // 2
+    frame = frames[middle]
+    rgb = (np.repeat(frame[..., None], 3, axis=2) if frame.ndim == 2 else frame[..., :3]).astype(np.float32)
+    if rgb.max() > 255:
+        rgb = rgb * (255.0 / rgb.max())
+    for label, colour in COLOURS.items():
+        rgb[labels[middle] == label] = 0.55 * rgb[labels[middle] == label] + 0.45 * np.array(colour)
+    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(out / "overlay.png")
+    print(f"{len(labels)} frame masks ({', '.join(segmenter.classes)} = 0..{len(segmenter.classes) - 1}) "
+          f"and overlay.png (frame {middle + 1}) in {out}" + (" — cropped to the DICOM ultrasound region" if box else ""))
+    return 0
