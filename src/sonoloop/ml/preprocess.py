@@ -101,26 +101,24 @@ def geometry_for(height: int, width: int, box: Box, size: int) -> Geometry:
     return Geometry(height, width, box, size, scaled_h, scaled_w, (size - scaled_h) // 2, (size - scaled_w) // 2)
 
 
-def letterbox(gray: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Crop, resize (bilinear) and pad ``gray`` into the network's square input."""
+def _letterbox(array: np.ndarray, geometry: Geometry, mode: str, resample, dtype) -> np.ndarray:
     b = geometry.box
-    crop = Image.fromarray(gray[b.top: b.bottom, b.left: b.right].astype(np.float32), mode="F")
-    scaled = np.asarray(crop.resize((geometry.scaled_width, geometry.scaled_height), Image.BILINEAR))
-    out = np.zeros((geometry.size, geometry.size), dtype=np.float32)
+    crop = Image.fromarray(array[b.top: b.bottom, b.left: b.right].astype(dtype), mode=mode)
+    scaled = np.asarray(crop.resize((geometry.scaled_width, geometry.scaled_height), resample))
+    out = np.zeros((geometry.size, geometry.size), dtype=dtype)
     out[geometry.pad_top: geometry.pad_top + geometry.scaled_height,
         geometry.pad_left: geometry.pad_left + geometry.scaled_width] = scaled
     return out
+
+
+def letterbox(gray: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Crop, resize (bilinear) and pad ``gray`` into the network's square input."""
+    return _letterbox(gray, geometry, "F", Image.BILINEAR, np.float32)
 
 
 def letterbox_labels(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
     """The same mapping for a label map (nearest neighbour, values kept)."""
-    b = geometry.box
-    crop = Image.fromarray(labels[b.top: b.bottom, b.left: b.right].astype(np.uint8), mode="L")
-    scaled = np.asarray(crop.resize((geometry.scaled_width, geometry.scaled_height), Image.NEAREST))
-    out = np.zeros((geometry.size, geometry.size), dtype=np.uint8)
-    out[geometry.pad_top: geometry.pad_top + geometry.scaled_height,
-        geometry.pad_left: geometry.pad_left + geometry.scaled_width] = scaled
-    return out
+    return _letterbox(labels, geometry, "L", Image.NEAREST, np.uint8)
 
 
 def prepare(frame: np.ndarray, size: int, box: Box | None = None, bits_stored: int | None = None
