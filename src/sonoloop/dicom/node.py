@@ -239,8 +239,6 @@ class DicomNode:
 
     def drain(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for open associations to end, then shut down."""
-        import time
-
         deadline = time.monotonic() + timeout
         while self.server is not None and self.server.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
