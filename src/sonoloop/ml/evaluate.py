@@ -34,11 +34,27 @@ def hd95(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(compute_hausdorff_distance(p, t, percentile=95)[0, 0])
 
 
+def without_specks(mask: np.ndarray, fraction: float = 0.01) -> np.ndarray:
+    """The mask without islands under ``fraction`` of its area.
+
+    The CAMUS frames' labels were recovered from JPEG and carry isolated specks far from
+    the structure; one speck decides a Hausdorff distance, so HD95 uses the reference
+    without them (Dice uses the reference as it is)."""
+    from scipy import ndimage
+
+    regions, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(regions.ravel())
+    keep = np.flatnonzero(sizes >= fraction * mask.sum())
+    return np.isin(regions, keep[keep != 0])
+
+
 def frame_scores(prediction: np.ndarray, truth: np.ndarray) -> dict:
     scores = {}
     for name, labels in STRUCTURES.items():
         p, t = np.isin(prediction, labels), np.isin(truth, labels)
-        scores[name] = {"dice": round(dice(p, t), 4), "hd95": round(hd95(p, t), 2)}
+        scores[name] = {"dice": round(dice(p, t), 4), "hd95": round(hd95(p, without_specks(t)), 2)}
     return scores
 
 
@@ -78,10 +94,12 @@ def evaluate(segmenter: Segmenter, frames: list[LabelledFrame]) -> tuple[dict, l
 
 
 def markdown_table(report: dict) -> str:
-    lines = [f"Model `{report['model']}` on {report['frames']} frames (Dice; HD95 in pixels)", "",
+    lines = [f"Model `{report['model']}` on {report['frames']} frames (Dice / HD95 in pixels; HD95 against the "
+             "reference without isolated label specks)", "",
              "| phase | " + " | ".join(STRUCTURES) + " |", "| --- |" + " --- |" * len(STRUCTURES)]
     for phase, structures in report["summary"].items():
-        cells = [f"{s['dice']:.3f} / {s['hd95_px'] if s['hd95_px'] is not None else 'n/a'}" for s in structures.values()]
+        cells = [f"{s['dice']:.3f} / " + (f"{s['hd95_px']:.1f}" if s["hd95_px"] is not None else "n/a")
+                 for s in structures.values()]
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

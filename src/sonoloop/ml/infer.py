@@ -27,12 +27,27 @@ def restore_labels(probabilities: torch.Tensor, geometry: Geometry) -> np.ndarra
     return labels
 
 
+def keep_largest_components(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Each structure is one connected region: smaller islands of a class become background."""
+    from scipy import ndimage
+
+    cleaned = labels.copy()
+    for c in range(1, classes):
+        regions, count = ndimage.label(labels == c)
+        if count > 1:
+            sizes = np.bincount(regions.ravel())
+            sizes[0] = 0
+            cleaned[(regions != 0) & (regions != sizes.argmax())] = 0
+    return cleaned
+
+
 class Segmenter:
     def __init__(self, folder: Path, device: str = "cpu", chunk: int = 4):
         self.network, self.description = load_model(folder, device)
         self.device, self.chunk = device, chunk
         self.size = int(self.description["preprocessing"]["size"])
         self.classes = list(self.description["classes"])
+        self.largest_component = bool(self.description.get("postprocessing", {}).get("largest_component", True))
 
     @torch.no_grad()
     def predict(self, frames: np.ndarray | list, box: Box | None = None, bits_stored: int | None = None
@@ -44,5 +59,7 @@ class Segmenter:
             part = prepared[start: start + self.chunk]
             batch = torch.from_numpy(np.stack([x for x, _ in part]))[:, None].to(self.device)
             probabilities = torch.softmax(self.network(batch).float(), dim=1).cpu()
-            out += [restore_labels(p, g) for p, (_, g) in zip(probabilities, part)]
+            for p, (_, g) in zip(probabilities, part):
+                labels = restore_labels(p, g)
+                out.append(keep_largest_components(labels, len(self.classes)) if self.largest_component else labels)
         return np.stack(out)

@@ -187,6 +187,7 @@ def export_best(work_dir: Path, folder: Path, config: TrainConfig, history: list
         "architecture": config.architecture,
         "classes": CLASSES,
         "preprocessing": config.preprocessing,
+        "postprocessing": {"largest_component": True},
         "training": {
             "hyperparameters": {k: v for k, v in asdict(config).items() if k not in ("architecture", "preprocessing")},
             "data_source": data_source,
