@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from sonoloop.ml.commands import DEFAULT_MODEL
 from sonoloop.ml.data import camus_frames, patients, select

@@ -1,7 +1,6 @@
 import dataclasses
 
 import pytest
-from django.conf import settings
 
 from sonoloop.web.archive import services
 

@@ -64,7 +64,7 @@ def resolve_model(name: str) -> Path:
 
 
 def evaluate_command(args) -> int:
-    from .evaluate import evaluate, write_reports
+    from .evaluate import evaluate, markdown_table, write_reports
     from .infer import Segmenter
 
     try:
@@ -75,8 +75,6 @@ def evaluate_command(args) -> int:
         return 2
     report, examples = evaluate(segmenter, frames)
     write_reports(report, examples, Path(args.json), args.markdown and Path(args.markdown), args.png and Path(args.png))
-    from .evaluate import markdown_table
-
     print(markdown_table(report))
     return 0
 

@@ -179,7 +179,8 @@ def metadata(request, study, series=None, instance=None):
     for item in instances:
         ds = dcmread(services.instance_path(item), stop_before_pixels=True)
         ds.remove_private_tags()
-        body.append(ds.to_json_dict(bulk_data_threshold=1024 * 1024, bulk_data_element_handler=lambda e: ""))
+        # Pixel Data is left out (it is served by .../frames); everything else is inline.
+        body.append(ds.to_json_dict(bulk_data_threshold=2**31))
     return JsonResponse(body, safe=False, content_type=DICOM_JSON)
 
 
