@@ -7,6 +7,9 @@ import os
 import sys
 
 from sonoloop.config import Config, ConfigError, check_startup
+from sonoloop.ml.spec import ENGINES
+
+ENGINE_HELP = "inference engine (auto: ONNX Runtime on the CPU, bf16 on a GPU; see benchmarks/inference.py)"
 
 SERVE_FLAGS = {
     "data_dir": "SONOLOOP_DATA_DIR",
@@ -115,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=50)
     train.add_argument("--batch-size", type=int, default=4)
     train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr-schedule", choices=("constant", "poly"), default="constant",
+                       help="poly: nnU-Net's lr·(1 - epoch/epochs)^0.9")
+    train.add_argument("--init-from", metavar="MODEL",
+                       help="start from this model's weights (a folder or 'default'); it becomes the parent version")
     train.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with avx512_bf16, GPUs)")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--fp16-weights", action="store_true", help="store the weights in float16 (half the size)")
@@ -131,12 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", required=True, help="where to write the full report")
     evaluate.add_argument("--markdown", help="also write the summary table here")
     evaluate.add_argument("--png", help="also write a grid of predictions over the ground truth here")
+    evaluate.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="segment every frame of a DICOM file")
     predict.add_argument("file", help="a DICOM image or cine loop")
     predict.add_argument("--out", required=True, help="folder for mask-NNNN.png (label values) and overlay.png")
     predict.add_argument("--model", default="default", help="a model folder, or 'default'")
+    predict.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     predict.set_defaults(func=cmd_predict)
     return parser
 

@@ -139,3 +139,34 @@ def test_predict_segments_every_frame_of_a_real_cine_in_its_own_geometry(camus_d
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(samples["us_native"].read_bytes()[:5000])
     assert main(["predict", str(broken), "--out", str(out), "--model", str(model)]) == 2
+
+
+def test_poly_schedule_decays_to_zero_and_old_checkpoints_keep_their_fingerprint():
+    config = TrainConfig(epochs=10, learning_rate=1e-3, lr_schedule="poly")
+    rates = [config.learning_rate_at(e) for e in range(10)]
+    assert rates[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 2e-4
+    assert TrainConfig(learning_rate=1e-3).learning_rate_at(9) == 1e-3
+    assert TrainConfig().fingerprint() != config.fingerprint()
+    # a configuration that leaves the newer fields at their defaults hashes as before they existed
+    assert TrainConfig(epochs=50, batch_size=4, learning_rate=1e-3, bf16=True).fingerprint() == "24708a1f72440c03"
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'cosine'"):
+        TrainConfig(lr_schedule="cosine")
+
+
+def test_fine_tuning_starts_from_the_parent_and_records_it(camus_dir, tmp_path):
+    from sonoloop.cli import main
+
+    parent = tmp_path / "parent"
+    args = ["--data", str(camus_dir), "--tiny", "--epochs", "1", "--limit", "4", "--no-augment", "--quiet"]
+    assert main(["train", "--out", str(parent), "--name", "tiny-v1", *args]) == 0
+    child = tmp_path / "child"
+    assert main(["train", "--out", str(child), "--name", "tiny-v2", "--init-from", str(parent), "--lr", "1e-9",
+                 "--lr-schedule", "poly", *args]) == 0
+    meta = json.loads((child / "model.json").read_text())
+    assert meta["parent"] == "tiny-v1"
+    assert meta["training"]["hyperparameters"]["lr_schedule"] == "poly"
+    # with a vanishing learning rate the child is the parent's weights
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.allclose(load_model(child)[0](x), load_model(parent)[0](x), atol=1e-4)
+    assert main(["train", "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "nothing"), *args]) == 2
+    assert main(["train", "--out", str(tmp_path / "y"), "--init-from", "default", *args]) == 2  # 384² U-Net ≠ tiny

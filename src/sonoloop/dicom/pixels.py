@@ -65,8 +65,15 @@ def render_png(path: Path, index: int = 0, max_size: int | None = None) -> bytes
     return out.getvalue()
 
 
-def all_frames(path: Path) -> tuple[np.ndarray, object]:
-    """Every frame decoded (N, H, W) or (N, H, W, 3) — colour as RGB — with the header."""
+def all_frames(path: Path) -> tuple[np.ndarray, object, int]:
+    """Every frame decoded for analysis, the header, and the bit depth of the values.
+
+    Frames are (N, H, W) or (N, H, W, 3), colour as RGB (YBR is converted by the decoder,
+    palette colour through its lookup table, scaled to 8 bits). Monochrome values are made
+    unsigned with higher = brighter: MONOCHROME1 is inverted, signed pixels are offset.
+    The depth is what full scale means for the values: 8 for colour and palette frames,
+    Bits Stored for monochrome.
+    """
     header = dcmread(path, stop_before_pixels=True)
     if header.get("Rows") is None:
         raise NoPixelData(f"{Path(path).name} has no image (SOP Class {header.get('SOPClassUID', '?')})")
@@ -74,6 +81,20 @@ def all_frames(path: Path) -> tuple[np.ndarray, object]:
     frames = int(header.get("NumberOfFrames", 1) or 1)
     if frames == 1:
         array = array[None]
-    if str(header.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
+    bits = int(header.get("BitsStored", 8) or 8)
+    if photometric == "PALETTE COLOR":
         array = apply_color_lut(array, header)
-    return array, header
+        if array.dtype != np.uint8:  # 16-bit lookup table entries
+            array = (array // 257).astype(np.uint8)
+        return array, header, 8
+    if array.ndim == 4:
+        if array.dtype != np.uint8:
+            top = float(2 ** bits - 1)
+            array = (np.clip(array, 0, top).astype(np.float32) * (255.0 / top)).round().astype(np.uint8)
+        return array, header, 8
+    if int(header.get("PixelRepresentation", 0) or 0) == 1:
+        array = (array.astype(np.int32) + 2 ** (bits - 1)).astype(np.uint16 if bits > 8 else np.uint8)
+    if photometric == "MONOCHROME1":
+        array = (2 ** bits - 1 - array.astype(np.int32)).astype(array.dtype)
+    return array, header, bits

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from .data import DataError, camus_frames, select
-from .modelfolder import ModelFolderError
+from .engines import EngineError
+from .modelfolder import ModelFolderError, read_description
 from .spec import TINY_ARCHITECTURE, TINY_PREPROCESSING
 from .train import TrainConfig, export_best, train
 
@@ -32,16 +33,31 @@ def train_command(args) -> int:
     except DataError as exc:
         print(f"sonoloop train: {exc}", file=sys.stderr)
         return 2
+    parent = None
+    init_from = getattr(args, "init_from", None)
+    if init_from:
+        try:
+            init_folder = resolve_model(init_from)
+            parent = read_description(init_folder)["name"]
+        except ModelFolderError as exc:
+            print(f"sonoloop train: --init-from: {exc}", file=sys.stderr)
+            return 2
+        init_from = str(init_folder.resolve())
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, bf16=args.bf16,
-                         augment=not args.no_augment)
+                         augment=not args.no_augment, lr_schedule=getattr(args, "lr_schedule", "constant"),
+                         init_from=init_from)
     if args.tiny:
         config.architecture, config.preprocessing = dict(TINY_ARCHITECTURE), dict(TINY_PREPROCESSING)
     work = Path(args.work) if args.work else out.with_name(out.name + ".work")
     print(f"training on {len(train_frames)} frames, validating on {len(val_frames)}; checkpoints in {work}")
-    history = train(train_frames, val_frames, config, work, progress=not args.quiet)
+    try:
+        history = train(train_frames, val_frames, config, work, progress=not args.quiet)
+    except (ValueError, ModelFolderError) as exc:
+        print(f"sonoloop train: {exc}", file=sys.stderr)
+        return 2
     try:
         export_best(work, out, config, history, train_frames, val_frames, name=args.name,
-                    data_source=f"CAMUS frames ({Path(args.data).resolve()})", fp16=args.fp16_weights,
+                    data_source=f"CAMUS frames ({Path(args.data).resolve()})", parent=parent, fp16=args.fp16_weights,
                     notice=CAMUS_NOTICE)
     except ModelFolderError as exc:
         print(f"sonoloop train: {exc}", file=sys.stderr)
@@ -68,9 +84,9 @@ def evaluate_command(args) -> int:
     from .infer import Segmenter
 
     try:
-        segmenter = Segmenter(resolve_model(args.model))
+        segmenter = Segmenter(resolve_model(args.model), engine=getattr(args, "engine", "auto"))
         frames = select(camus_frames(Path(args.data)), args.split, args.limit)
-    except (ModelFolderError, DataError) as exc:
+    except (ModelFolderError, DataError, EngineError) as exc:
         print(f"sonoloop evaluate: {exc}", file=sys.stderr)
         return 2
     report, examples = evaluate(segmenter, frames)
@@ -90,14 +106,14 @@ def predict_command(args) -> int:
     from .preprocess import FrameError, region_box
 
     try:
-        segmenter = Segmenter(resolve_model(args.model))
-    except ModelFolderError as exc:
+        segmenter = Segmenter(resolve_model(args.model), engine=getattr(args, "engine", "auto"))
+    except (ModelFolderError, EngineError) as exc:
         print(f"sonoloop predict: {exc}", file=sys.stderr)
         return 2
     try:
-        frames, header = all_frames(Path(args.file))
+        frames, header, bits = all_frames(Path(args.file))
         box = region_box(header.get("SequenceOfUltrasoundRegions"), frames.shape[1], frames.shape[2])
-        labels = segmenter.predict(frames, box, bits_stored=int(header.get("BitsStored", 8) or 8))
+        labels = segmenter.predict(frames, box, bits_stored=bits)
     except (NoPixelData, FrameError) as exc:
         print(f"sonoloop predict: {exc}", file=sys.stderr)
         return 2
@@ -111,8 +127,8 @@ def predict_command(args) -> int:
     middle = len(labels) // 2
     frame = frames[middle]
     rgb = (np.repeat(frame[..., None], 3, axis=2) if frame.ndim == 2 else frame[..., :3]).astype(np.float32)
-    if rgb.max() > 255:
-        rgb = rgb * (255.0 / rgb.max())
+    if bits > 8:
+        rgb = rgb * (255.0 / (2 ** bits - 1))
     for label, colour in COLOURS.items():
         rgb[labels[middle] == label] = 0.55 * rgb[labels[middle] == label] + 0.45 * np.array(colour)
     Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(out / "overlay.png")

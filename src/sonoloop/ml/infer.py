@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .engines import build_engine
 from .modelfolder import load_model
 from .preprocess import Box, Geometry, prepare
 
@@ -42,14 +43,16 @@ def keep_largest_components(labels: np.ndarray, classes: int) -> np.ndarray:
 
 
 class Segmenter:
-    def __init__(self, folder: Path, device: str = "cpu", chunk: int = 4):
+    """A model version ready to segment frames; ``engine`` is one of ``engines.ENGINES``."""
+
+    def __init__(self, folder: Path, device: str = "cpu", chunk: int = 4, engine: str = "auto"):
         self.network, self.description = load_model(folder, device)
         self.device, self.chunk = device, chunk
         self.size = int(self.description["preprocessing"]["size"])
+        self.engine = build_engine(engine, self.network, self.size, device)
         self.classes = list(self.description["classes"])
         self.largest_component = bool(self.description.get("postprocessing", {}).get("largest_component", True))
 
-    @torch.no_grad()
     def predict(self, frames: np.ndarray | list, box: Box | None = None, bits_stored: int | None = None
                 ) -> np.ndarray:
         """Label maps (N, H, W) uint8 for frames (N, H, W) or (N, H, W, 3), batched in small chunks."""
@@ -57,8 +60,7 @@ class Segmenter:
         out = []
         for start in range(0, len(prepared), self.chunk):
             part = prepared[start: start + self.chunk]
-            batch = torch.from_numpy(np.stack([x for x, _ in part]))[:, None].to(self.device)
-            probabilities = torch.softmax(self.network(batch).float(), dim=1).cpu()
+            probabilities = self.engine(np.stack([x for x, _ in part])[:, None])
             for p, (_, g) in zip(probabilities, part):
                 labels = restore_labels(p, g)
                 out.append(keep_largest_components(labels, len(self.classes)) if self.largest_component else labels)

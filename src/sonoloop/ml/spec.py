@@ -26,3 +26,7 @@ DEFAULT_PREPROCESSING = {
 # Tiny variant for tests and CI: same code paths, seconds to train.
 TINY_ARCHITECTURE = {**DEFAULT_ARCHITECTURE, "filters": [4, 8, 16]}
 TINY_PREPROCESSING = {**DEFAULT_PREPROCESSING, "size": 64}
+
+# How a trained network can be run (sonoloop.ml.engines); "auto" picks the fastest that
+# agrees with fp32 (benchmarks/inference.py).
+ENGINES = ("auto", "fp32", "bf16", "compile", "compile-bf16", "onnx")

@@ -16,7 +16,7 @@ from monai.losses import DiceCELoss
 from safetensors.torch import load_file, save_file
 
 from .data import LabelledFrame, SegmentationDataset, patients, ultrasound_augmentation
-from .modelfolder import load_unique_state, save_model, unique_state
+from .modelfolder import load_model, load_unique_state, save_model, unique_state
 from .network import build_network
 from .spec import CLASSES, DEFAULT_ARCHITECTURE, DEFAULT_PREPROCESSING
 
@@ -36,11 +36,30 @@ class TrainConfig:
     bf16: bool = False  # autocast on CPU (avx512_bf16) or GPU
     seed: int = 0
     workers: int = 0
+    lr_schedule: str = "constant"  # constant | poly (nnU-Net's (1 - epoch/epochs)^0.9, set per epoch)
+    init_from: str | None = None  # a model folder whose weights start the run (fine-tuning); its name is the parent
+
+    def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
 
     def fingerprint(self) -> str:
         """What a checkpoint must match to be resumed (more epochs may be asked for)."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("epochs", "workers")}
+        fields = {k: v for k, v in asdict(self).items()
+                  if k not in ("epochs", "workers") and not (k in _OPTIONAL and v == _OPTIONAL[k])}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The learning rate for 0-based ``epoch``."""
+        if self.lr_schedule == "poly":
+            return self.learning_rate * (1 - epoch / max(self.epochs, 1)) ** 0.9
+        return self.learning_rate
+
+
+LR_SCHEDULES = ("constant", "poly")
+# fields added after the first runs; left at these values they do not enter the fingerprint,
+# so checkpoints written before they existed still resume
+_OPTIONAL = {"lr_schedule": "constant", "init_from": None}
 
 
 @dataclass
@@ -115,6 +134,11 @@ def train(
     )
     val_loader = torch.utils.data.DataLoader(SegmentationDataset(val_frames, size), batch_size=config.batch_size)
     network = build_network(config.architecture).to(device)
+    if config.init_from:
+        parent, description = load_model(Path(config.init_from))
+        if description["architecture"] != config.architecture or description["classes"] != CLASSES:
+            raise ValueError(f"{config.init_from} has another architecture or classes; it cannot start this run")
+        network.load_state_dict(parent.state_dict())
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     history: list[EpochReport] = []
@@ -132,6 +156,8 @@ def train(
 
     for epoch in range(start_epoch, config.epochs):
         began = time.monotonic()
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate_at(epoch)
         network.train()
         losses = []
         batches = train_loader

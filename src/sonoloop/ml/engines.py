@@ -1,0 +1,101 @@
+"""Ways to run a trained network: PyTorch eager in fp32 (the reference), bf16 autocast,
+``torch.compile`` and ONNX Runtime. Each takes a float32 batch (N, 1, S, S) and returns
+float32 class probabilities (N, C, S, S); ``benchmarks/inference.py`` measures their speed
+and their agreement with the reference on the trained model.
+
+``auto`` picks the fastest engine that agreed with fp32 in that benchmark: ONNX Runtime on
+the CPU (fp32 arithmetic, so it agrees with eager to ~1e-4 in softmax), bf16 autocast on a
+GPU, eager fp32 when onnxruntime is not installed.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .spec import ENGINES
+
+
+
+class EngineError(ValueError):
+    """An engine that cannot run here; the message says why."""
+
+
+def resolve(name: str, device: str) -> str:
+    if name not in ENGINES:
+        raise EngineError(f"unknown inference engine {name!r}; use one of {', '.join(ENGINES)}")
+    if name != "auto":
+        return name
+    if device.startswith("cuda"):
+        return "bf16"
+    return "onnx" if onnxruntime_available() else "fp32"
+
+
+@lru_cache(maxsize=1)
+def onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TorchEngine:
+    """Eager PyTorch, optionally under bf16 autocast and/or ``torch.compile``."""
+
+    def __init__(self, network: torch.nn.Module, device: str = "cpu", bf16: bool = False, compile: bool = False):
+        self.device, self.bf16 = device, bf16
+        self.name = ("compile-" if compile else "") + ("bf16" if bf16 else "fp32")
+        network = network.to(device).eval()
+        self.module = torch.compile(network, dynamic=False) if compile else network
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.module(x)
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+
+class OnnxEngine:
+    """The network exported to ONNX (dynamic batch) and run by ONNX Runtime on the CPU."""
+
+    name = "onnx"
+
+    def __init__(self, network: torch.nn.Module, size: int, threads: int | None = None):
+        if not onnxruntime_available():
+            raise EngineError("the onnx engine needs the onnx and onnxruntime packages")
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        example = torch.zeros(1, 1, size, size)
+        with warnings.catch_warnings():
+            # instance norm always normalises by the frame's own statistics; the exporter's
+            # "train=True" warning about it is expected
+            warnings.filterwarnings("ignore", message=".*instance_norm.*")
+            warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript-based exporter's own
+            torch.onnx.export(network.cpu().eval(), (example,), buffer, input_names=["image"],
+                              output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=17, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        (logits,) = self.session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})
+        return torch.softmax(torch.from_numpy(logits), dim=1)
+
+
+def build_engine(name: str, network: torch.nn.Module, size: int, device: str = "cpu"):
+    name = resolve(name, device)
+    if name == "onnx":
+        if device != "cpu":
+            raise EngineError("the onnx engine runs on the CPU only")
+        return OnnxEngine(network, size)
+    return TorchEngine(network, device, bf16=name.endswith("bf16"), compile=name.startswith("compile"))

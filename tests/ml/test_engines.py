@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from sonoloop.ml.engines import EngineError, OnnxEngine, TorchEngine, build_engine, resolve
+from sonoloop.ml.infer import Segmenter
+from sonoloop.ml.modelfolder import save_model
+from sonoloop.ml.network import build_network
+from sonoloop.ml.spec import CLASSES, TINY_ARCHITECTURE, TINY_PREPROCESSING
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_network(TINY_ARCHITECTURE).eval()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    return rng.random((3, 1, 64, 64), dtype=np.float32)
+
+
+def _reference(network, batch):
+    with torch.inference_mode():
+        return torch.softmax(network(torch.from_numpy(batch)), dim=1)
+
+
+@pytest.mark.parametrize("name, tolerance", [("fp32", 1e-6), ("onnx", 1e-4), ("bf16", 0.05)])
+def test_every_engine_returns_probabilities_that_agree_with_eager_fp32(tiny, batch, name, tolerance):
+    engine = build_engine(name, tiny, 64)
+    probabilities = engine(batch)
+    assert probabilities.shape == (3, len(CLASSES), 64, 64) and probabilities.dtype == torch.float32
+    assert torch.allclose(probabilities.sum(1), torch.ones(3, 64, 64), atol=1e-3)
+    assert float((probabilities - _reference(tiny, batch)).abs().max()) < tolerance
+    assert engine(batch[:1]).shape[0] == 1  # another batch size in the same engine
+
+
+def test_torch_compile_engine_agrees(tiny, batch):
+    probabilities = build_engine("compile", tiny, 64)(batch)
+    assert float((probabilities - _reference(tiny, batch)).abs().max()) < 1e-4
+
+
+def test_auto_is_onnx_runtime_on_the_cpu_and_bad_names_are_refused(tiny):
+    assert resolve("auto", "cpu") == "onnx"
+    assert resolve("auto", "cuda:0") == "bf16"
+    assert isinstance(build_engine("auto", tiny, 64), OnnxEngine)
+    assert isinstance(build_engine("fp32", tiny, 64), TorchEngine)
+    with pytest.raises(EngineError, match="unknown inference engine 'tensorrt'"):
+        build_engine("tensorrt", tiny, 64)
+    with pytest.raises(EngineError, match="CPU only"):
+        build_engine("onnx", tiny, 64, device="cuda")
+
+
+def test_segmenter_label_maps_are_the_same_with_onnx_and_eager(tiny, tmp_path):
+    description = {"name": "t", "architecture": TINY_ARCHITECTURE, "classes": CLASSES, "preprocessing": TINY_PREPROCESSING}
+    folder = save_model(tmp_path / "m", tiny, description)
+    rng = np.random.default_rng(1)
+    frames = (rng.random((5, 90, 120)) * 255).astype(np.uint8)
+    onnx_labels = Segmenter(folder, engine="onnx").predict(frames)
+    eager_labels = Segmenter(folder, engine="fp32").predict(frames)
+    assert onnx_labels.shape == (5, 90, 120)
+    assert (onnx_labels == eager_labels).mean() > 0.999
