@@ -1,0 +1,266 @@
+"""DICOM Segmentation (PS3.3 A.51) for echo: single frames and whole cine loops.
+
+Ultrasound images carry no Frame of Reference, and highdicom 0.28 refuses multi-frame
+sources without one (its issue #284). The standard does not need it: when the Frame of
+Reference module is absent, the Derivation Image functional group of every segmentation
+frame names its source instance and, for a multi-frame source, the Referenced Frame Number
+(C.7.6.16.2.6). This module builds such objects with pydicom:
+
+* BINARY segmentation, one segment per structure present anywhere in the loop;
+* for each such segment, one segmentation frame per source frame, empty frames included,
+  so that segmentation frame ``(s - 1) * N + n`` is segment ``s`` on source frame ``n``;
+* dimensions: Referenced Segment Number, and for cine loops the Temporal Position Index
+  (= the source frame number) in the Frame Content functional group;
+* the model name and version in Segment Algorithm Name and the Segmentation Algorithm
+  Identification Sequence (family: Artificial Intelligence).
+
+``read_segmentation`` reads one back into per-source-frame label maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import pack_bits, unpack_bits
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, SegmentationStorage, generate_uid
+
+# SNOMED CT codes for the structures an echo model segments; class names are data in
+# model.json, these are how each known name is coded in DICOM.
+ANATOMICAL_STRUCTURE = ("91723000", "SCT", "Anatomical Structure")
+STRUCTURE_CODES = {
+    "LV": ("87878005", "SCT", "Left ventricle", "LV cavity"),
+    "MYO": ("49848007", "SCT", "Left ventricle myocardium", "LV myocardium"),
+    "LA": ("82471001", "SCT", "Left atrium", "Left atrium"),
+    "RV": ("53085002", "SCT", "Right ventricle", "RV cavity"),
+    "RA": ("73829009", "SCT", "Right atrium", "Right atrium"),
+}
+DISPLAY_RGB = {"LV": (255, 64, 64), "MYO": (64, 200, 64), "LA": (64, 128, 255)}  # as in the viewer
+AI_FAMILY = ("123110", "DCM", "Artificial Intelligence")
+DERIVATION_SEGMENTATION = ("113076", "DCM", "Segmentation")
+SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing operation")
+
+
+class SegmentationError(ValueError):
+    """Labels or a source that cannot make a Segmentation; the message says why."""
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Device:
+    manufacturer: str = "Sonoloop"
+    model_name: str = "Sonoloop"
+    serial_number: str = "0"
+    software_version: str = "0"
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _segment_item(number: int, name: str, algorithm: Algorithm) -> Dataset:
+    value, scheme, meaning, label = STRUCTURE_CODES.get(name, (None, None, None, name))
+    item = Dataset()
+    item.SegmentNumber = number
+    item.SegmentLabel = label[:64]
+    item.SegmentDescription = name[:64]
+    item.SegmentedPropertyCategoryCodeSequence = [_code(*ANATOMICAL_STRUCTURE)]
+    item.SegmentedPropertyTypeCodeSequence = [_code(value, scheme, meaning) if value else _code(*ANATOMICAL_STRUCTURE)]
+    item.SegmentAlgorithmType = "AUTOMATIC"
+    item.SegmentAlgorithmName = algorithm.name[:64]
+    identification = Dataset()
+    identification.AlgorithmFamilyCodeSequence = [_code(*AI_FAMILY)]
+    identification.AlgorithmName = algorithm.name[:64]
+    identification.AlgorithmVersion = algorithm.version[:64]
+    item.SegmentationAlgorithmIdentificationSequence = [identification]
+    if name in DISPLAY_RGB:
+        item.RecommendedDisplayCIELabValue = dicom_cielab(DISPLAY_RGB[name])
+    return item
+
+
+def dicom_cielab(rgb: tuple[int, int, int]) -> list[int]:
+    """sRGB (0-255) → CIELab (D65) scaled to 0-65535 as DICOM stores it."""
+    linear = [((c / 255) / 12.92) if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    matrix = ((0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.1192, 0.9505))
+    white = (0.95047, 1.0, 1.08883)
+    xyz = [sum(m * c for m, c in zip(row, linear)) / w for row, w in zip(matrix, white)]
+    f = [t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29 for t in xyz]
+    lightness, a, b = 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
+    return [round(lightness * 65535 / 100), round((a + 128) * 65535 / 255), round((b + 128) * 65535 / 255)]
+
+
+def _copy(source: Dataset, target: Dataset, keywords: tuple[str, ...], required_empty: bool) -> None:
+    for keyword in keywords:
+        if keyword in source and source[keyword].value not in (None, ""):
+            setattr(target, keyword, source[keyword].value)
+        elif required_empty:
+            setattr(target, keyword, None)
+
+
+def build_segmentation(source: Dataset, labels: np.ndarray, classes: list[str], algorithm: Algorithm, *,
+                       series_number: int = 900, instance_number: int = 1, device: Device = Device(),
+                       series_uid: str | None = None, sop_instance_uid: str | None = None,
+                       description: str | None = None) -> Dataset:
+    """A Segmentation instance for ``source`` (its header is enough) from label maps.
+
+    ``labels`` is (N, H, W) with N = the source's Number of Frames (1 for a single frame),
+    values indexing ``classes`` (0 = background, not a segment).
+    """
+    labels = np.asarray(labels)
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    if labels.ndim == 2:
+        labels = labels[None]
+    rows, columns = int(source.Rows), int(source.Columns)
+    if labels.ndim != 3 or labels.shape != (frames, rows, columns):
+        raise SegmentationError(f"labels of shape {labels.shape} do not fit the source's {frames} frame(s) of "
+                                f"{rows}×{columns}")
+    if labels.size and int(labels.max()) >= len(classes):
+        raise SegmentationError(f"label {int(labels.max())} has no class (classes: {', '.join(classes)})")
+    present = [c for c in range(1, len(classes)) if np.any(labels == c)]
+    if not present:
+        raise SegmentationError("nothing was segmented: every frame is background")
+
+    now = datetime.now()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SegmentationStorage
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SOPClassUID = SegmentationStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid or generate_uid()
+    if "SpecificCharacterSet" in source:
+        ds.SpecificCharacterSet = source.SpecificCharacterSet
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+    # Patient, General Study, Patient Study: the source's
+    _copy(source, ds, ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"), required_empty=True)
+    _copy(source, ds, ("IssuerOfPatientID", "PatientAge", "PatientSize", "PatientWeight", "OtherPatientIDs"),
+          required_empty=False)
+    ds.StudyInstanceUID = source.StudyInstanceUID
+    _copy(source, ds, ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"),
+          required_empty=True)
+    _copy(source, ds, ("StudyDescription",), required_empty=False)
+
+    # General Series + Segmentation Series
+    ds.Modality = "SEG"
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = (description or f"AI segmentation ({algorithm.name} {algorithm.version})")[:64]
+    ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+
+    # General Equipment + Enhanced General Equipment
+    ds.Manufacturer = device.manufacturer
+    ds.ManufacturerModelName = device.model_name
+    ds.DeviceSerialNumber = device.serial_number
+    ds.SoftwareVersions = device.software_version
+
+    # General Image + Segmentation Image
+    ds.InstanceNumber = instance_number
+    ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.PatientOrientation = source.get("PatientOrientation", None) or None
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.ContentLabel = "SEGMENTATION"
+    ds.ContentDescription = f"{algorithm.name} {algorithm.version}"[:64]
+    ds.ContentCreatorName = None
+    ds.SegmentationType = "BINARY"
+    ds.SegmentsOverlap = "NO"
+    ds.SegmentSequence = [_segment_item(n, classes[c], algorithm) for n, c in enumerate(present, start=1)]
+
+    # Image Pixel
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.LossyImageCompression = "00"
+
+    # Common Instance Reference: the source instance
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = source.SOPClassUID
+    instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID = source.SeriesInstanceUID
+    series.ReferencedInstanceSequence = [instance]
+    ds.ReferencedSeriesSequence = [series]
+
+    # Multi-frame Dimension
+    organisation = generate_uid()
+    ds.DimensionOrganizationSequence = [Dataset()]
+    ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = organisation
+    dimensions = [(0x0062000B, 0x0062000A, "Referenced Segment Number")]
+    if frames > 1:
+        dimensions.append((0x00209128, 0x00209111, "Temporal Position Index"))
+    ds.DimensionIndexSequence = []
+    for pointer, group, label in dimensions:
+        item = Dataset()
+        item.DimensionOrganizationUID = organisation
+        item.DimensionIndexPointer = pointer
+        item.FunctionalGroupPointer = group
+        item.DimensionDescriptionLabel = label
+        ds.DimensionIndexSequence.append(item)
+
+    # Multi-frame Functional Groups: segment-major, every source frame for every segment
+    ds.SharedFunctionalGroupsSequence = [Dataset()]
+    per_frame = []
+    for segment_number in range(1, len(present) + 1):
+        for n in range(1, frames + 1):
+            reference = Dataset()
+            reference.ReferencedSOPClassUID = source.SOPClassUID
+            reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+            if frames > 1:
+                reference.ReferencedFrameNumber = n
+            reference.PurposeOfReferenceCodeSequence = [_code(*SOURCE_FOR_PROCESSING)]
+            reference.SpatialLocationsPreserved = "YES"
+            derivation = Dataset()
+            derivation.DerivationCodeSequence = [_code(*DERIVATION_SEGMENTATION)]
+            derivation.SourceImageSequence = [reference]
+            content = Dataset()
+            content.DimensionIndexValues = [segment_number, n] if frames > 1 else [segment_number]
+            if frames > 1:
+                content.TemporalPositionIndex = n
+            identification = Dataset()
+            identification.ReferencedSegmentNumber = segment_number
+            item = Dataset()
+            item.DerivationImageSequence = [derivation]
+            item.FrameContentSequence = [content]
+            item.SegmentIdentificationSequence = [identification]
+            per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.NumberOfFrames = len(per_frame)
+
+    masks = np.concatenate([labels == c for c in present])  # (segments × frames, H, W), segment-major
+    ds.PixelData = pack_bits(masks, pad=True)
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def read_segmentation(seg: Dataset, source_frames: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    """Label maps (N, H, W) per source frame from a BINARY Segmentation, and segment → label.
+
+    Uses only the standard attributes (Referenced Segment Number, Referenced Frame
+    Number), so it reads objects from other writers too, as long as segments do not overlap.
+    """
+    if str(seg.get("SOPClassUID", "")) != SegmentationStorage or seg.get("SegmentationType") != "BINARY":
+        raise SegmentationError("not a BINARY Segmentation")
+    rows, columns, count = int(seg.Rows), int(seg.Columns), int(seg.NumberOfFrames)
+    bits = unpack_bits(seg.PixelData)[: count * rows * columns].reshape(count, rows, columns)
+    mapping = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        mapping.append((segment, int(source.get("ReferencedFrameNumber", 1) or 1)))
+    frames = source_frames or max(n for _, n in mapping)
+    labels = np.zeros((frames, rows, columns), dtype=np.uint8)
+    for (segment, n), mask in zip(mapping, bits):
+        labels[n - 1][mask.astype(bool)] = segment
+    names = {int(s.SegmentNumber): str(s.get("SegmentDescription") or s.SegmentLabel) for s in seg.SegmentSequence}
+    return labels, names
