@@ -1,0 +1,1 @@
+"""Echo measurements (pure NumPy, no Django)."""
