@@ -153,6 +153,7 @@ def server(tmp_path_factory):
 def samples() -> dict[str, Path]:
     names = {
         "cine_jpeg": "color3d_jpeg_baseline.dcm",
+        "cine_30": "examples_ybr_color.dcm",  # the same kind of echo, 30 frames, shipped by pydicom itself
         "us_rle_palette": "OBXXXX1A_rle.dcm",
         "us_j2k": "US1_J2KR.dcm",
         "us_native": "US1_UNCR.dcm",

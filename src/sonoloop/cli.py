@@ -1,4 +1,4 @@
-"""The `sonoloop` command: serve, manage, peer."""
+"""The `sonoloop` command: serve, manage, peer, jobs, worker, train, evaluate, predict."""
 
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def cmd_peer(args: argparse.Namespace) -> int:
     return _django(["peer", *args.rest])
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    return _django(["jobs", *args.rest])
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    return _django(["worker", "--queue-name", args.queues, "--interval", str(args.interval),
+                    *(["--worker-id", args.worker_id] if args.worker_id else [])])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from sonoloop.ml import commands
 
@@ -109,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     peer.add_argument("rest", nargs=argparse.REMAINDER)
     peer.set_defaults(func=cmd_peer)
+
+    jobs = sub.add_parser("jobs", help="analysis jobs: list [--status S] [--instance UID] | retry ID",
+                          add_help=False)
+    jobs.add_argument("rest", nargs=argparse.REMAINDER)
+    jobs.set_defaults(func=cmd_jobs)
+
+    worker = sub.add_parser("worker", help="run background tasks (start more, here or on other machines, to scale out)")
+    worker.add_argument("--queues", default="*", help="comma-separated: inference, training, default (default: all)")
+    worker.add_argument("--interval", type=float, default=0.5, help="seconds between polls when idle")
+    worker.add_argument("--worker-id", help="unique name of this worker (default: random)")
+    worker.set_defaults(func=cmd_worker)
 
     train = sub.add_parser("train", help="train a segmentation model on CAMUS-layout frames")
     train.add_argument("--data", required=True, help="folder with images/, labels/, frames.csv (e.g. ../shared/data/camus)")

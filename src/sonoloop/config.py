@@ -50,6 +50,14 @@ def _env_str(env: dict, name: str, default: str = "") -> str:
     return env.get(name, "").strip() or default
 
 
+def _inference_engine(name: str) -> str:
+    from sonoloop.ml.spec import ENGINES
+
+    if name not in ENGINES:
+        raise ConfigError(f"SONOLOOP_INFERENCE_ENGINE must be one of {', '.join(ENGINES)}, got {name!r}")
+    return name
+
+
 def check_ae_title(title: str, what: str = "AE title") -> str:
     """Return ``title`` if it is a valid DICOM AE title, else raise ConfigError."""
     if not title or not title.strip():
@@ -85,6 +93,9 @@ class Config:
     tls_ca: str = ""
     web_workers: int = 2
     task_workers: int = 1
+    model: str = "default"  # the model version that segments arriving echoes: a folder or "default"
+    inference_engine: str = "auto"
+    job_stale_seconds: int = 300  # a running job silent this long lost its worker and is re-queued
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -118,6 +129,9 @@ class Config:
             tls_ca=_env_str(env, "SONOLOOP_DICOM_TLS_CA"),
             web_workers=_env_int(env, "SONOLOOP_WEB_WORKERS", 2, 1),
             task_workers=_env_int(env, "SONOLOOP_TASK_WORKERS", 1, 0),
+            model=_env_str(env, "SONOLOOP_MODEL", "default"),
+            inference_engine=_inference_engine(_env_str(env, "SONOLOOP_INFERENCE_ENGINE", "auto")),
+            job_stale_seconds=_env_int(env, "SONOLOOP_JOB_STALE_SECONDS", 300, 10),
         )
         if bool(config.tls_cert) != bool(config.tls_key):
             raise ConfigError("SONOLOOP_DICOM_TLS_CERT and SONOLOOP_DICOM_TLS_KEY must be set together")
@@ -138,6 +152,10 @@ class Config:
     @property
     def static_root(self) -> Path:
         return self.data_dir / "static"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
 
     @property
     def cache_dir(self) -> Path:

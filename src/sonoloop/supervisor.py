@@ -72,7 +72,7 @@ def children(config: Config) -> list[Child]:
     workers = [
         Child(
             f"task worker {n + 1}",
-            _python("-m", "sonoloop.cli", "manage", "db_worker", "--queue-name", "*", "--interval", "0.5",
+            _python("-m", "sonoloop.cli", "manage", "worker", "--queue-name", "*", "--interval", "0.5",
                     "--worker-id", f"{os.uname().nodename[:20]}-{os.getpid()}-{n}"),
         )
         for n in range(config.task_workers)

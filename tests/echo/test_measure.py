@@ -63,6 +63,19 @@ def test_a_beating_ellipsoid_gives_its_known_volumes_and_ejection_fraction():
     assert result.flags == []
 
 
+def test_end_diastole_once_per_cycle_despite_beat_to_beat_variation():
+    # like the 120-frame pydicom-data cine: 27-frame cycles, the loop starting in systole,
+    # every other beat larger (breathing), and a second diastolic hump (early filling)
+    n = np.arange(120)
+    phase = 2 * np.pi * (n - 22) / 27
+    area = 25 + 6 * np.cos(phase) + 1.5 * np.cos(2 * phase + 1) + 2 * np.cos(phase / 2)
+    beats = cardiac_phases(area, frame_time_ms=33.3)
+    assert len(beats) == 4  # not the loop's first frame, not the early-filling humps
+    for beat, cycle_start in zip(beats, (22, 49, 76, 103)):
+        assert abs(beat.ed - cycle_start) <= 2 and area[beat.ed] == area[beat.ed - 10: beat.ed + 11].max()
+        assert 5 <= beat.es - beat.ed <= 20 and area[beat.es] == area[beat.ed: beat.ed + 27].min()
+
+
 def test_r_waves_set_end_diastole():
     area = 100 + 30 * np.cos(2 * np.pi * np.arange(40) / 20)
     assert [b.ed for b in cardiac_phases(area)] == [0, 20]

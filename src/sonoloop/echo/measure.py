@@ -148,37 +148,69 @@ class Beat:
     es: int
 
 
-def cardiac_phases(lv_area: np.ndarray, r_wave_frames: list[int] | None = None) -> list[Beat]:
-    """ED/ES pairs: ED at each R wave (when known) or each local maximum of the LV area,
-    ES at the smallest LV area before the next ED (or the end of the loop)."""
+def cycle_length(area: np.ndarray, frame_time_ms: float | None = None) -> int | None:
+    """The heart cycle in frames, from the autocorrelation of the LV area: the lag between
+    0.33 s and 2 s (heart rates 180 to 30 per minute) where the curve best repeats itself;
+    None when the loop holds less than two clear cycles."""
+    n = len(area)
+    shortest, longest = (round(333 / frame_time_ms), round(2000 / frame_time_ms)) if frame_time_ms else (5, n)
+    shortest, longest = max(shortest, 3), min(longest, n // 2)
+    if longest <= shortest:
+        return None
+    x = area - area.mean()
+    if not np.any(x):
+        return None
+    correlation = np.correlate(x, x, mode="full")[n - 1:] / float(np.dot(x, x))
+    correlation *= n / (n - np.arange(n))  # unbiased: fewer overlapping samples at long lags
+    lags = np.arange(shortest, longest + 1)
+    peaks = [lag for lag in lags if correlation[lag] >= correlation[lag - 1] and correlation[lag] >= correlation[lag + 1]]
+    if not peaks:
+        return None
+    top = max(correlation[lag] for lag in peaks)
+    if top < 0.5:
+        return None
+    # the shortest lag that clearly repeats: the cycle, not a multiple of it (beat-to-beat
+    # variation, e.g. with breathing, can make two cycles repeat better than one)
+    return int(next(lag for lag in peaks if correlation[lag] >= max(0.5, 0.6 * top)))
+
+
+def _peaks(values: np.ndarray, distance: int) -> list[int]:
+    """Local maxima, the highest first, none closer than ``distance`` to a higher one."""
+    n = len(values)
+    candidates = [i for i in range(n) if values[i] >= values[max(0, i - 1): i + 2].max()]
+    chosen: list[int] = []
+    for i in sorted(candidates, key=lambda j: -values[j]):
+        if all(abs(i - j) >= distance for j in chosen):
+            chosen.append(i)
+    return sorted(chosen)
+
+
+def cardiac_phases(lv_area: np.ndarray, r_wave_frames: list[int] | None = None,
+                   frame_time_ms: float | None = None) -> list[Beat]:
+    """ED/ES pairs. ED at each R wave when the ECG is known; otherwise at the largest LV area
+    of each heart cycle (peaks at least 0.7 cycle apart, the cycle from the loop's own
+    periodicity, or the whole loop when it holds less than two cycles). ES at the smallest
+    LV area before the next ED. A last beat cut off by the end of the loop is left out."""
     area = np.asarray(lv_area, dtype=np.float64)
     n = len(area)
-    if n == 0 or not np.any(area > 0):
+    if n < 3 or not np.any(area > 0):
         return []
-    if n == 1:
-        return []
+    cycle = cycle_length(area, frame_time_ms)
     if r_wave_frames:
         eds = sorted({f for f in r_wave_frames if 0 <= f < n})
     else:
         smooth = np.convolve(np.pad(area, 1, mode="edge"), np.ones(3) / 3, mode="valid")
-        span = float(smooth.max() - smooth.min())
-        if span <= 0:
-            return []
-        # local maxima that stand out by a fifth of the loop's area swing (prominence)
-        eds = []
-        for i in range(n):
-            lo, hi = max(0, i - 2), min(n, i + 3)
-            if smooth[i] < smooth[lo:hi].max():
-                continue
-            left = smooth[: i + 1].min() if not eds else smooth[eds[-1]: i + 1].min()
-            if smooth[i] - left >= 0.2 * span or (not eds and smooth[i] == smooth.max()):
-                if eds and i - eds[-1] <= 2:
-                    continue
-                eds.append(i)
-        eds = [min(range(max(0, e - 2), min(n, e + 3)), key=lambda j: -area[j]) for e in eds]
+        eds = _peaks(smooth, max(3, round(0.7 * cycle)) if cycle else n)
+        inner = [smooth[e] for e in eds if 0 < e < n - 1]
+        if eds and eds[0] == 0 and inner and smooth[0] < 0.9 * float(np.median(inner)):
+            eds = eds[1:]  # the loop starts on a falling curve (in systole), not at end-diastole
+        # the raw maximum next to each smoothed peak
+        eds = sorted({max(range(max(0, e - 1), min(n, e + 2)), key=lambda j: area[j]) for e in eds})
     beats = []
     for k, ed in enumerate(eds):
         end = eds[k + 1] if k + 1 < len(eds) else n
+        if end == n and cycle and n - ed < 0.45 * cycle:
+            continue  # the loop ends before this beat's systole does
         if end - ed < 3:
             continue
         es = ed + int(np.argmin(area[ed:end]))
@@ -211,7 +243,7 @@ class Measurements:
 
 
 def measure_loop(labels: np.ndarray, classes: list[str], calibration: Calibration,
-                 r_wave_frames: list[int] | None = None) -> Measurements:
+                 r_wave_frames: list[int] | None = None, frame_time_ms: float | None = None) -> Measurements:
     """Measurements of one apical view, from label maps (N, H, W) of its frames."""
     labels = np.asarray(labels)
     if labels.ndim == 2:
@@ -240,7 +272,7 @@ def measure_loop(labels: np.ndarray, classes: list[str], calibration: Calibratio
             result.flags.append("a single frame: no ED/ES, volumes or EF")
         return result
 
-    for beat in cardiac_phases(np.array(areas["LV"]), r_wave_frames):
+    for beat in cardiac_phases(np.array(areas["LV"]), r_wave_frames, frame_time_ms):
         ed_axis, es_axis = axes[beat.ed], axes[beat.es]
         if ed_axis is None or es_axis is None:
             continue
@@ -258,6 +290,8 @@ def measure_loop(labels: np.ndarray, classes: list[str], calibration: Calibratio
         result.flags.append("no cardiac cycle found (the LV area does not rise and fall): no ED/ES, volumes or EF")
         return result
     # the reported values: averaged over the complete beats (ASE: average beats in irregular rhythm)
+    if result.beats[-1]["es"] == len(labels) - 1:
+        result.flags.append("end-systole at the last frame: the loop may end before end-systole")
     first = result.beats[0]
     result.ed_frame, result.es_frame = first["ed"], first["es"]
     for key in ("edv", "esv", "ef", "edv_disks", "esv_disks", "ef_disks", "la_volume"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,9 +54,10 @@ class Segmenter:
         self.classes = list(self.description["classes"])
         self.largest_component = bool(self.description.get("postprocessing", {}).get("largest_component", True))
 
-    def predict(self, frames: np.ndarray | list, box: Box | None = None, bits_stored: int | None = None
-                ) -> np.ndarray:
-        """Label maps (N, H, W) uint8 for frames (N, H, W) or (N, H, W, 3), batched in small chunks."""
+    def predict(self, frames: np.ndarray | list, box: Box | None = None, bits_stored: int | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Label maps (N, H, W) uint8 for frames (N, H, W) or (N, H, W, 3), batched in small chunks;
+        ``on_progress(done, total)`` is called after each chunk."""
         prepared = [prepare(frame, self.size, box, bits_stored) for frame in frames]
         out = []
         for start in range(0, len(prepared), self.chunk):
@@ -64,4 +66,6 @@ class Segmenter:
             for p, (_, g) in zip(probabilities, part):
                 labels = restore_labels(p, g)
                 out.append(keep_largest_components(labels, len(self.classes)) if self.largest_component else labels)
+            if on_progress is not None:
+                on_progress(len(out), len(prepared))
         return np.stack(out)

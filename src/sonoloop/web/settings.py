@@ -21,6 +21,7 @@ INSTALLED_APPS = [
     "django_tasks_db",
     "sonoloop.web.accounts",
     "sonoloop.web.archive",
+    "sonoloop.web.analysis",
 ]
 
 MIDDLEWARE = [

@@ -26,6 +26,7 @@ from sonoloop.dicom.node import Destination, Permissions
 from sonoloop.dicom.query import LEVELS, Match, Query
 
 from .models import DicomPeer, Instance, Patient, Series, Study
+from .signals import instance_indexed
 
 log = logging.getLogger("sonoloop.archive")
 
@@ -188,6 +189,8 @@ def _index_when_durable(record: InstanceRecord, key: str, size: int, source_ae: 
         try:
             with transaction.atomic():
                 indexed = _index(record, key, size, source_ae)
+                # receivers (the analysis job) commit or roll back with the index row
+                instance_indexed.send(sender=Instance, instance=indexed[0], created=indexed[1] is None)
                 written.result()  # the row commits only once the file is fsynced in place
             return indexed
         except IntegrityError:

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class AnalysisConfig(AppConfig):
+    name = "sonoloop.web.analysis"
+    label = "analysis"
+    verbose_name = "Automatic segmentation and measurements"
+
+    def ready(self):
+        from sonoloop.web.archive.signals import instance_indexed
+
+        from . import services
+
+        instance_indexed.connect(services.on_instance_indexed, dispatch_uid="analysis-on-instance-indexed")

@@ -1,0 +1,43 @@
+"""`sonoloop worker`: run background tasks and look after jobs whose worker was lost.
+
+django-tasks-db's worker claims one task at a time with a row lock, so any number of
+these, on this or other machines sharing the database and the data folder, each run
+distinct tasks. Beside it a thread re-queues analysis jobs whose worker stopped sending
+heartbeats (killed, machine lost) — any live worker does it for all.
+"""
+
+import logging
+import threading
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django_tasks_db.management.commands.db_worker import Command as DbWorkerCommand
+
+from sonoloop.web.analysis.services import requeue_stale_jobs
+
+log = logging.getLogger("sonoloop.analysis")
+
+
+def _watch_lost_workers(stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        try:
+            close_old_connections()
+            requeue_stale_jobs()
+        except Exception:
+            log.exception("checking for lost workers failed; trying again in %.0f s", every)
+        finally:
+            connection.close()
+
+
+class Command(DbWorkerCommand):
+    help = "Run background tasks (queues: inference, training, default) and re-queue jobs of lost workers."
+
+    def handle(self, *args, **options):
+        stop = threading.Event()
+        every = max(2.0, min(30.0, settings.CONFIG.job_stale_seconds / 3))
+        watcher = threading.Thread(target=_watch_lost_workers, args=(stop, every), name="lost-workers", daemon=True)
+        watcher.start()
+        try:
+            return super().handle(*args, **options)
+        finally:
+            stop.set()

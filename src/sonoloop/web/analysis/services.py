@@ -1,0 +1,360 @@
+"""Automatic analysis of arriving echoes: jobs, the run itself, retries, lost workers.
+
+The archive signals every indexed instance inside its index transaction; this module
+records a job for it (queued, or skipped with the reason) and enqueues the task in that
+same transaction, so an acknowledged image is never left without its job. A worker runs
+the job (``run_job``): every frame through the active model, the label maps kept, a DICOM
+Segmentation and the measurements stored, a new result version recorded. A worker that
+dies leaves its job ``running`` with a stale heartbeat; ``requeue_stale_jobs`` (run by
+every ``sonoloop worker``) puts it back in the queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from sonoloop import __version__
+from sonoloop.dicom.filestore import FileStore
+from sonoloop.dicom.instance import sop_class_name
+from sonoloop.web.archive.models import Instance
+
+from .models import AnalysisJob, AnalysisResult
+
+log = logging.getLogger("sonoloop.analysis")
+
+ULTRASOUND_IMAGES = {
+    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
+    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
+    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image Storage (Retired)",
+    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
+}
+MAX_ATTEMPTS = 3
+HEARTBEAT_SECONDS = 2.0
+
+
+class AnalysisError(Exception):
+    """A job that cannot succeed as it stands; the message is for a person to act on."""
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+def skip_reason(instance: Instance) -> str | None:
+    if instance.sop_class_uid not in ULTRASOUND_IMAGES:
+        return f"not an echo image: {sop_class_name(instance.sop_class_uid)} is not segmented"
+    if not instance.rows or not instance.columns:
+        return "the instance has no image"
+    return None
+
+
+def on_instance_indexed(sender, instance: Instance, created: bool, **kwargs) -> None:
+    create_job(instance)
+
+
+def create_job(instance: Instance, retry_of: AnalysisJob | None = None) -> AnalysisJob:
+    """A job for ``instance``: skipped (with the reason) or queued, its task enqueued in the
+    caller's transaction."""
+    reason = skip_reason(instance)
+    if reason:
+        return AnalysisJob.objects.create(instance=instance, status=AnalysisJob.SKIPPED, reason=reason,
+                                          finished_at=timezone.now(), retry_of=retry_of)
+    job = AnalysisJob.objects.create(instance=instance, status=AnalysisJob.QUEUED, retry_of=retry_of)
+    _enqueue(job)
+    return job
+
+
+def _enqueue(job: AnalysisJob) -> None:
+    from .tasks import analyse_instance
+
+    result = analyse_instance.enqueue(job.pk)
+    AnalysisJob.objects.filter(pk=job.pk).update(task_id=str(result.id))
+    job.task_id = str(result.id)
+
+
+class RetryError(ValueError):
+    pass
+
+
+def retry_job(job: AnalysisJob) -> AnalysisJob:
+    """Run the model on the job's instance again, as a new job (a new result version when it
+    succeeds); the old job and its result stay as they are."""
+    job.refresh_from_db()
+    if job.status in (AnalysisJob.QUEUED, AnalysisJob.RUNNING):
+        raise RetryError(f"job {job.pk} is {job.status}; wait for it to finish")
+    if job.status == AnalysisJob.SKIPPED:
+        raise RetryError(f"job {job.pk} was skipped ({job.reason}); running it again would skip it again")
+    with transaction.atomic():
+        return create_job(job.instance, retry_of=job)
+
+
+def requeue_stale_jobs(stale_seconds: int | None = None) -> list[AnalysisJob]:
+    """Running jobs whose worker has gone silent: back in the queue (a new attempt), or failed
+    after MAX_ATTEMPTS lost workers. Returns the jobs changed."""
+    stale_seconds = stale_seconds or settings.CONFIG.job_stale_seconds
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=stale_seconds)
+    changed = []
+    for job in AnalysisJob.objects.filter(status=AnalysisJob.RUNNING, heartbeat_at__lt=cutoff):
+        with transaction.atomic():
+            current = AnalysisJob.objects.select_for_update().get(pk=job.pk)
+            if current.status != AnalysisJob.RUNNING or current.heartbeat_at >= cutoff:
+                continue
+            _abandon_task(current.task_id, now)
+            lost = f"worker {current.worker or '?'} stopped responding (last sign {current.heartbeat_at:%H:%M:%S} UTC)"
+            if current.attempt >= MAX_ATTEMPTS:
+                current.status = AnalysisJob.FAILED
+                current.reason = (f"{lost}; its workers were lost {current.attempt} times on this instance — "
+                                  "killed or out of memory? Retry once the cause is fixed.")
+                current.finished_at = now
+                current.save()
+            else:
+                current.status = AnalysisJob.QUEUED
+                current.attempt += 1
+                current.reason = f"re-queued: {lost}"
+                current.frames_done = 0
+                current.save()
+                _enqueue(current)
+            log.warning("job %s for %s: %s", current.pk, current.instance.sop_instance_uid, current.reason)
+            changed.append(current)
+    return changed
+
+
+def _abandon_task(task_id: str, now) -> None:
+    """The lost run's task row would say "running" for ever: mark it failed."""
+    if not task_id:
+        return
+    from django_tasks.base import TaskResultStatus
+    from django_tasks_db.models import DBTaskResult
+
+    DBTaskResult.objects.filter(id=task_id, status=TaskResultStatus.RUNNING).update(
+        status=TaskResultStatus.FAILED, finished_at=now,
+        exception_class_path="sonoloop.web.analysis.WorkerLost", traceback="the worker stopped responding")
+
+
+# -- running a job ---------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def results_store() -> FileStore:
+    config = settings.CONFIG
+    return FileStore(config.results_dir, config.tmp_dir, suffix=".npz")
+
+
+class ActiveModel:
+    """The model that segments arriving echoes, loaded once per worker process."""
+
+    def __init__(self, folder: Path, engine: str):
+        from sonoloop.ml.infer import Segmenter
+
+        self.folder = folder
+        self.segmenter = Segmenter(folder, engine=engine)
+        description = self.segmenter.description
+        self.name = str(description.get("name") or folder.name)
+        weights = folder / description.get("weights", {}).get("file", "weights.safetensors")
+        self.version = str(description.get("version") or _sha256(weights)[:12])
+        self.classes = list(description["classes"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_model_lock = threading.Lock()
+_model: ActiveModel | None = None
+
+
+def active_model() -> ActiveModel:
+    global _model
+    from sonoloop.ml.commands import resolve_model
+
+    config = settings.CONFIG
+    folder = resolve_model(config.model).resolve()
+    with _model_lock:
+        if _model is None or _model.folder != folder:
+            _model = ActiveModel(folder, config.inference_engine)
+        return _model
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_job(job_id: int) -> str:
+    """Run one queued job to the end (done or failed); returns its final status."""
+    with transaction.atomic():
+        job = AnalysisJob.objects.select_for_update().filter(pk=job_id).first()
+        if job is None or job.status != AnalysisJob.QUEUED:
+            # a duplicate delivery, or the job was re-queued under a newer task
+            return job.status if job else "missing"
+        now = timezone.now()
+        job.status, job.started_at, job.heartbeat_at, job.worker = AnalysisJob.RUNNING, now, now, worker_name()
+        job.finished_at = None
+        job.save()
+    try:
+        _analyse(job)
+    except AnalysisError as exc:
+        _fail(job, str(exc))
+    except Exception as exc:  # anything else is a bug or an environment problem: keep the job, say what
+        log.exception("job %s failed", job.pk)
+        _fail(job, f"unexpected error ({type(exc).__name__}: {exc}); see the worker log")
+    return AnalysisJob.objects.get(pk=job.pk).status
+
+
+def _fail(job: AnalysisJob, reason: str) -> None:
+    AnalysisJob.objects.filter(pk=job.pk, status=AnalysisJob.RUNNING).update(
+        status=AnalysisJob.FAILED, reason=reason, finished_at=timezone.now())
+    log.warning("job %s for %s failed: %s", job.pk, job.instance.sop_instance_uid, reason)
+
+
+def _analyse(job: AnalysisJob) -> None:
+    from pydicom.filewriter import dcmwrite
+
+    from sonoloop.dicom.pixels import NoPixelData, all_frames
+    from sonoloop.dicom.seg import Algorithm, Device, SegmentationError, build_segmentation
+    from sonoloop.ml.engines import EngineError
+    from sonoloop.ml.modelfolder import ModelFolderError
+    from sonoloop.ml.preprocess import FrameError, region_box
+    from sonoloop.web.archive.services import instance_path, instance_store
+
+    try:
+        model = active_model()
+    except (ModelFolderError, EngineError) as exc:
+        raise AnalysisError(f"the model cannot be loaded: {exc}") from None
+    AnalysisJob.objects.filter(pk=job.pk).update(model_name=model.name, model_version=model.version)
+    instance = job.instance
+    try:
+        frames, header, bits = all_frames(instance_path(instance))
+    except NoPixelData as exc:
+        raise AnalysisError(str(exc)) from None
+    except FileNotFoundError:
+        raise AnalysisError("the stored file is missing (see `sonoloop manage archive_check`)") from None
+    except Exception as exc:  # the decoders raise many kinds on broken pixel data
+        raise AnalysisError(f"the pixel data cannot be decoded: {exc}") from None
+    AnalysisJob.objects.filter(pk=job.pk).update(frames_total=len(frames))
+
+    last_beat = [time.monotonic()]
+
+    def progress(done: int, total: int) -> None:
+        if time.monotonic() - last_beat[0] >= HEARTBEAT_SECONDS or done == total:
+            last_beat[0] = time.monotonic()
+            AnalysisJob.objects.filter(pk=job.pk).update(frames_done=done, heartbeat_at=timezone.now())
+
+    began = time.monotonic()
+    box = region_box(header.get("SequenceOfUltrasoundRegions"), frames.shape[1], frames.shape[2])
+    try:
+        labels = model.segmenter.predict(frames, box, bits_stored=bits, on_progress=progress)
+    except FrameError as exc:
+        raise AnalysisError(f"a frame cannot be segmented: {exc}") from None
+    inference_seconds = time.monotonic() - began
+    del frames
+
+    measurements = measure(labels, model.classes, header)
+    measurements["inference_seconds"] = round(inference_seconds, 2)
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=labels)
+    labels_key = results_store().put(buffer.getvalue())
+
+    version = (AnalysisResult.objects.filter(instance=instance).aggregate(v=Max("version"))["v"] or 0) + 1
+    seg_uid = ""
+    try:
+        seg = build_segmentation(
+            header, labels, model.classes, Algorithm(model.name, model.version), series_number=900 + version,
+            device=Device("Sonoloop", "Sonoloop", settings.CONFIG.ae_title, __version__),
+            description=f"AI segmentation v{version} ({model.name})",
+        )
+    except SegmentationError as exc:
+        measurements.setdefault("flags", []).append(f"no DICOM Segmentation written: {exc}")
+    else:
+        out = io.BytesIO()
+        dcmwrite(out, seg, enforce_file_format=True)
+        instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title)
+        seg_uid = seg.SOPInstanceUID
+
+    with transaction.atomic():
+        version = (AnalysisResult.objects.filter(instance=instance).aggregate(v=Max("version"))["v"] or 0) + 1
+        AnalysisResult.objects.create(job=job, instance=instance, version=version, model_name=model.name,
+                                      model_version=model.version, labels_key=labels_key, classes=model.classes,
+                                      seg_sop_instance_uid=seg_uid, measurements=measurements)
+        AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.DONE, finished_at=timezone.now(),
+                                                     frames_done=len(labels), heartbeat_at=timezone.now(),
+                                                     reason="")
+
+
+def measure(labels: np.ndarray, classes: list[str], header) -> dict:
+    from sonoloop.echo.measure import Calibration, frame_times, measure_loop, r_wave_frames
+
+    lv = labels == classes.index("LV") if "LV" in classes else None
+    near = None
+    if lv is not None and lv.any():
+        _, rows, cols = np.nonzero(lv)
+        near = (float(rows.mean()), float(cols.mean()))
+    calibration = Calibration.from_regions(header.get("SequenceOfUltrasoundRegions"), near)
+    r_waves = None
+    times = frame_times(header)
+    if header.get("RWaveTimeVector") and times:
+        r_waves = r_wave_frames([float(t) for t in header.RWaveTimeVector], times)
+    frame_time = (times[1] - times[0]) if times and len(times) > 1 else None
+    result = measure_loop(labels, classes, calibration, r_waves, frame_time).as_dict()
+    result["ed_es_source"] = "R waves (ECG)" if r_waves else "LV area"
+    result["frame_times_ms"] = times
+    return result
+
+
+def load_labels(result: AnalysisResult) -> np.ndarray:
+    with np.load(results_store().path(result.labels_key)) as data:
+        return data["labels"]
+
+
+def job_summary(job: AnalysisJob) -> dict:
+    result = getattr(job, "result", None)
+    return {
+        "id": job.pk,
+        "instance": job.instance.sop_instance_uid,
+        "status": job.status,
+        "reason": job.reason,
+        "attempt": job.attempt,
+        "retry_of": job.retry_of_id,
+        "progress": round(job.progress, 3),
+        "frames_done": job.frames_done,
+        "frames_total": job.frames_total,
+        "model": {"name": job.model_name, "version": job.model_version} if job.model_name else None,
+        "worker": job.worker,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "duration_seconds": job.duration_seconds,
+        "result_version": result.version if result else None,
+    }
+
+
+def result_summary(result: AnalysisResult) -> dict:
+    return {
+        "version": result.version,
+        "job": result.job_id,
+        "model": {"name": result.model_name, "version": result.model_version},
+        "classes": result.classes,
+        "segmentation": result.seg_sop_instance_uid or None,
+        "structured_report": result.sr_sop_instance_uid or None,
+        "measurements": result.measurements,
+        "created_at": result.created_at.isoformat(),
+    }

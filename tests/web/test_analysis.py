@@ -1,0 +1,139 @@
+"""Analysis jobs: enqueued with the index row, run by a worker, skipped/failed with reasons,
+re-queued when a worker is lost, re-run as new versions."""
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
+from pydicom import dcmread
+
+from sonoloop.dicom.seg import read_segmentation
+from sonoloop.web.analysis import services
+from sonoloop.web.analysis.models import AnalysisJob, AnalysisResult
+from sonoloop.web.archive.models import Instance
+from sonoloop.web.archive.services import instance_path, instance_store
+
+pytestmark = pytest.mark.django_db
+
+
+def store(path) -> Instance:
+    return instance_store(path.read_bytes()).instance
+
+
+def test_storing_an_echo_queues_a_job_in_the_same_transaction(config, samples):
+    instance = store(samples["cine_30"])
+    job = AnalysisJob.objects.get(instance=instance)
+    assert job.status == AnalysisJob.QUEUED
+    task = DBTaskResult.objects.get(id=job.task_id)
+    assert task.queue_name == "inference" and task.args_kwargs["args"] == [job.pk]
+
+
+def test_a_cine_is_segmented_stored_as_seg_and_measured(config, samples):
+    instance = store(samples["cine_30"])
+    job = AnalysisJob.objects.get(instance=instance)
+    assert services.run_job(job.pk) == AnalysisJob.DONE
+    job.refresh_from_db()
+    assert job.frames_done == job.frames_total == 30 and job.duration_seconds > 0
+    assert job.model_name == "camus-unet-v1"  # the shipped default model
+    result = job.result
+    assert result.version == 1 and result.classes == ["background", "LV", "MYO", "LA"]
+
+    labels = services.load_labels(result)
+    assert labels.shape == (30, instance.rows, instance.columns)
+    assert (labels == 1).sum(axis=(1, 2)).min() > 1000  # an LV on every frame of this apical 4-chamber loop
+
+    seg_instance = Instance.objects.get(sop_instance_uid=result.seg_sop_instance_uid)
+    assert seg_instance.series.modality == "SEG" and seg_instance.series.series_number == 901
+    assert seg_instance.series.study_id == instance.series.study_id
+    seg = dcmread(instance_path(seg_instance))
+    restored, names = read_segmentation(seg)
+    by_name = {name: number for number, name in names.items()}
+    for c, name in enumerate(result.classes[1:], start=1):
+        np.testing.assert_array_equal(restored == by_name[name], labels == c)
+    # the SEG itself is recorded as skipped, not analysed
+    assert AnalysisJob.objects.get(instance=seg_instance).status == AnalysisJob.SKIPPED
+
+    m = result.measurements
+    assert m["calibrated"] and m["units"]["volume"] == "mL"
+    assert len(m["areas"]["LV"]) == 30 and m["ed_es_source"] == "LV area"
+    assert m["frame_times_ms"][1] > 0
+    # one beat in this one-second loop: ED at the largest LV, ES at the smallest after it
+    assert len(m["beats"]) == 1 and m["ed_frame"] < m["es_frame"]
+    assert m["areas"]["LV"][m["ed_frame"]] == max(m["areas"]["LV"])
+    assert m["edv"] > m["esv"] > 0 and 20 < m["ef"] < 80
+
+
+def test_non_echo_instances_are_skipped_with_a_reason(config, samples):
+    for key in ("sr", "seg"):
+        instance = store(samples[key])
+        job = AnalysisJob.objects.get(instance=instance)
+        assert job.status == AnalysisJob.SKIPPED and "not an echo image" in job.reason
+        assert not job.task_id
+    with pytest.raises(services.RetryError, match="skipped"):
+        services.retry_job(job)
+
+
+def test_broken_pixel_data_fails_with_a_reason_and_can_be_retried_as_a_new_job(config, samples):
+    instance = store(samples["us_native"])
+    instance_path(instance).write_bytes(samples["us_native"].read_bytes()[:6000])  # the stored file damaged on disk
+    job = AnalysisJob.objects.get(instance=instance)
+    assert services.run_job(job.pk) == AnalysisJob.FAILED
+    job.refresh_from_db()
+    assert "cannot be decoded" in job.reason or "no image" in job.reason
+    again = services.retry_job(job)
+    assert again.pk != job.pk and again.retry_of == job and again.status == AnalysisJob.QUEUED
+    job.refresh_from_db()
+    assert job.status == AnalysisJob.FAILED  # the failed run stays on record
+
+
+def test_a_job_whose_worker_was_lost_is_requeued_then_failed_after_three_losses(config, samples):
+    instance = store(samples["cine_30"])
+    job = AnalysisJob.objects.get(instance=instance)
+    first_task = job.task_id
+    long_ago = timezone.now() - timedelta(hours=1)
+    for attempt in (1, 2, 3):
+        DBTaskResult.objects.filter(id=job.task_id).update(status="RUNNING")
+        AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.RUNNING, heartbeat_at=long_ago,
+                                                     worker="gone:1")
+        assert [j.pk for j in services.requeue_stale_jobs(60)] == [job.pk]
+        job.refresh_from_db()
+        if attempt < 3:
+            assert job.status == AnalysisJob.QUEUED and job.attempt == attempt + 1
+            assert "worker gone:1 stopped responding" in job.reason and job.task_id != first_task
+    assert job.status == AnalysisJob.FAILED and "lost 3 times" in job.reason
+    assert DBTaskResult.objects.get(id=first_task).status == "FAILED"
+    fresh = AnalysisJob.objects.create(instance=instance, status=AnalysisJob.RUNNING, heartbeat_at=timezone.now())
+    assert services.requeue_stale_jobs(60) == []  # a job with a recent heartbeat is left alone
+    fresh.refresh_from_db()
+    assert fresh.status == AnalysisJob.RUNNING
+
+
+def test_running_again_makes_a_new_version_and_keeps_the_old(config, samples):
+    instance = store(samples["cine_30"])
+    job = AnalysisJob.objects.get(instance=instance)
+    services.run_job(job.pk)
+    again = services.retry_job(job)
+    assert services.run_job(again.pk) == AnalysisJob.DONE
+    results = list(AnalysisResult.objects.filter(instance=instance).order_by("version"))
+    assert [r.version for r in results] == [1, 2]
+    assert results[0].seg_sop_instance_uid != results[1].seg_sop_instance_uid
+    assert Instance.objects.filter(sop_instance_uid=results[0].seg_sop_instance_uid).exists()
+    assert services.run_job(job.pk) == AnalysisJob.DONE  # a duplicate delivery does nothing
+    assert AnalysisResult.objects.filter(instance=instance).count() == 2
+
+
+def test_jobs_command_lists_and_retries(config, samples, capsys):
+    from django.core.management.base import CommandError
+
+    instance = store(samples["sr"])
+    call_command("jobs", "list")
+    out = capsys.readouterr().out
+    assert "skipped" in out and instance.sop_instance_uid in out and "not an echo image" in out
+    with pytest.raises(CommandError, match="there is no job 999"):
+        call_command("jobs", "retry", "999")
+    job = AnalysisJob.objects.get(instance=instance)
+    with pytest.raises(CommandError, match="skipped"):
+        call_command("jobs", "retry", str(job.pk))
