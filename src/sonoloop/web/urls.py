@@ -7,6 +7,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("dicomweb/", include("sonoloop.web.archive.dicomweb_urls")),
+    path("", include("sonoloop.web.analysis.urls")),
     path("", include("sonoloop.web.archive.urls")),
 ]
 

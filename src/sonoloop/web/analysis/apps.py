@@ -12,3 +12,10 @@ class AnalysisConfig(AppConfig):
         from . import services
 
         instance_indexed.connect(services.on_instance_indexed, dispatch_uid="analysis-on-instance-indexed")
+
+        from sonoloop.web.archive.panels import INSTANCE_PANELS
+
+        from .views import instance_panel
+
+        if instance_panel not in INSTANCE_PANELS:
+            INSTANCE_PANELS.append(instance_panel)

@@ -18,6 +18,7 @@ from sonoloop.dicom.pixels import NoPixelData
 from sonoloop.web.accounts.auth import api_login_required
 
 from . import services
+from .panels import instance_panels
 from .models import Instance, Patient, Series, Study
 
 log = logging.getLogger("sonoloop.web")
@@ -97,6 +98,7 @@ def instance_detail(request, sop_uid: str):
         frame = max(1, min(int(request.GET.get("frame", 1)), instance.number_of_frames or 1))
     except ValueError:
         frame = 1
+    panels = instance_panels(request, instance)
     return render(
         request,
         "archive/instance_detail.html",
@@ -108,6 +110,8 @@ def instance_detail(request, sop_uid: str):
             "sop_class_name": sop_class_name(instance.sop_class_uid),
             "frame": frame,
             "attributes": services.instance_attributes(instance),
+            "panels": panels,
+            "refresh_seconds": min((p.refresh_seconds for p in panels if p.refresh_seconds), default=None),
         },
     )
 

@@ -1,0 +1,118 @@
+"""Analysis pages and JSON API. Thin: look up, call a service, render."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_POST
+
+from sonoloop.web.accounts.auth import api_login_required
+from sonoloop.web.archive.models import Instance
+from sonoloop.web.archive.panels import Panel
+
+from . import services
+from .models import AnalysisJob, AnalysisResult
+from .plots import area_plot_svg
+
+
+def instance_panel(request, instance: Instance) -> Panel | None:
+    """The instance page's "Automatic analysis" section."""
+    jobs = list(instance.analysis_jobs.select_related("result")[:20])
+    if not jobs:
+        return None
+    results = list(instance.analysis_results.all()[:10])
+    latest = results[0] if results else None
+    plot = ""
+    if latest and latest.measurements.get("areas", {}).get("LV"):
+        m = latest.measurements
+        plot = mark_safe(area_plot_svg(m["areas"]["LV"], [b["ed"] for b in m.get("beats", [])],
+                                       [b["es"] for b in m.get("beats", [])], m["units"]["area"]))
+    active = any(j.status in (AnalysisJob.QUEUED, AnalysisJob.RUNNING) for j in jobs)
+    seg = Instance.objects.filter(sop_instance_uid=latest.seg_sop_instance_uid).first() if latest else None
+    return Panel("analysis/_instance_panel.html",
+                 {"jobs": jobs, "results": results, "latest": latest, "plot": plot, "seg": seg},
+                 refresh_seconds=3 if active else None)
+
+
+@login_required
+def job_list(request):
+    jobs = AnalysisJob.objects.select_related("instance", "result").order_by("-created_at", "-id")
+    status = request.GET.get("status", "")
+    if status in dict(AnalysisJob.STATUSES):
+        jobs = jobs.filter(status=status)
+    page = Paginator(jobs, 50).get_page(request.GET.get("page"))
+    counts = {s: AnalysisJob.objects.filter(status=s).count() for s, _ in AnalysisJob.STATUSES}
+    return render(request, "analysis/job_list.html", {"page": page, "status": status, "counts": counts,
+                                                      "querystring": f"status={status}" if status else ""})
+
+
+@login_required
+@require_POST
+def job_retry(request, pk: int):
+    job = get_object_or_404(AnalysisJob.objects.select_related("instance"), pk=pk)
+    try:
+        new = services.retry_job(job)
+    except services.RetryError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Job {new.pk} queued (a new run of job {job.pk}).")
+    return redirect("archive:instance", job.instance.sop_instance_uid)
+
+
+# -- JSON API --------------------------------------------------------------------------------
+
+
+@api_login_required
+def api_instance_analysis(request, sop_uid: str):
+    instance = Instance.objects.filter(sop_instance_uid=sop_uid).first()
+    if instance is None:
+        return JsonResponse({"error": f"no instance with SOP Instance UID {sop_uid}"}, status=404)
+    jobs = instance.analysis_jobs.select_related("instance", "result")
+    results = instance.analysis_results.all()
+    return JsonResponse({"instance": sop_uid, "jobs": [services.job_summary(j) for j in jobs],
+                         "results": [services.result_summary(r) for r in results]})
+
+
+@api_login_required
+def api_jobs(request):
+    jobs = AnalysisJob.objects.select_related("instance", "result")
+    status = request.GET.get("status")
+    if status:
+        if status not in dict(AnalysisJob.STATUSES):
+            return JsonResponse({"error": f"status must be one of {', '.join(dict(AnalysisJob.STATUSES))}"},
+                                status=400)
+        jobs = jobs.filter(status=status)
+    try:
+        limit = min(int(request.GET.get("limit", 50)), 500)
+    except ValueError:
+        return JsonResponse({"error": "limit must be a whole number"}, status=400)
+    return JsonResponse({"jobs": [services.job_summary(j) for j in jobs[:limit]]})
+
+
+@api_login_required
+def api_job(request, pk: int):
+    job = AnalysisJob.objects.select_related("instance", "result").filter(pk=pk).first()
+    if job is None:
+        return JsonResponse({"error": f"there is no job {pk}"}, status=404)
+    if request.method == "POST":
+        return JsonResponse({"error": "POST to /api/jobs/<id>/retry to run a job again"}, status=405)
+    summary = services.job_summary(job)
+    result = AnalysisResult.objects.filter(job=job).first()
+    summary["result"] = services.result_summary(result) if result else None
+    return JsonResponse(summary)
+
+
+@api_login_required
+def api_job_retry(request, pk: int):
+    if request.method != "POST":
+        return JsonResponse({"error": "use POST"}, status=405)
+    job = AnalysisJob.objects.select_related("instance").filter(pk=pk).first()
+    if job is None:
+        return JsonResponse({"error": f"there is no job {pk}"}, status=404)
+    try:
+        new = services.retry_job(job)
+    except services.RetryError as exc:
+        return JsonResponse({"error": str(exc)}, status=409)
+    return JsonResponse(services.job_summary(new), status=201)

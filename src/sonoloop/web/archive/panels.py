@@ -1,0 +1,22 @@
+"""Sections other apps add to the instance page, without the archive knowing them.
+
+An app appends a function ``(request, instance) -> Panel | None`` to ``INSTANCE_PANELS``
+in its ``AppConfig.ready``; the page renders each panel's template with its context.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Panel:
+    template: str
+    context: dict = field(default_factory=dict)
+    refresh_seconds: int | None = None  # the page reloads itself while something is in progress
+
+
+INSTANCE_PANELS: list = []
+
+
+def instance_panels(request, instance) -> list[Panel]:
+    panels = [provider(request, instance) for provider in INSTANCE_PANELS]
+    return [p for p in panels if p is not None]
