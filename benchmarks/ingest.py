@@ -81,7 +81,10 @@ def start_sonoloop(work: Path) -> tuple[subprocess.Popen, int, Path]:
     data_dir = work / "sonoloop-data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SONOLOOP_") and k != "DATABASE_URL"}
     env.update(SONOLOOP_DATA_DIR=str(data_dir), SONOLOOP_DICOM_HOST="127.0.0.1", SONOLOOP_HTTP_HOST="127.0.0.1",
-               SONOLOOP_DICOM_PORT=str(dicom_port), SONOLOOP_HTTP_PORT=str(http_port), SONOLOOP_ADMIN_PASSWORD="bench")
+               SONOLOOP_DICOM_PORT=str(dicom_port), SONOLOOP_HTTP_PORT=str(http_port), SONOLOOP_ADMIN_PASSWORD="bench",
+               # each stored echo still gets its analysis job and task row (part of ingest), but no
+               # worker runs the model meanwhile: this measures the PACS side, not inference
+               SONOLOOP_TASK_WORKERS="0")
     log = (work / "sonoloop.log").open("w")
     sonoloop = str(Path(sys.executable).with_name("sonoloop"))
     process = subprocess.Popen([sonoloop, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,

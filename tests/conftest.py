@@ -128,6 +128,9 @@ def make_server(tmp_path: Path, **extra_env: str) -> Server:
         SONOLOOP_DICOM_PORT=str(dicom_port),
         SONOLOOP_ADMIN_PASSWORD=ADMIN_PASSWORD,
         SONOLOOP_WEB_WORKERS="1",
+        # the model would segment every image these tests send; the tests of the analysis
+        # pipeline turn it back on
+        SONOLOOP_AUTO_ANALYSIS="0",
     )
     env.update(extra_env)
     tmp_path.mkdir(parents=True, exist_ok=True)

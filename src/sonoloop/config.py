@@ -93,6 +93,7 @@ class Config:
     tls_ca: str = ""
     web_workers: int = 2
     task_workers: int = 1
+    auto_analysis: bool = True  # segment and measure every stored echo
     model: str = "default"  # the model version that segments arriving echoes: a folder or "default"
     inference_engine: str = "auto"
     job_stale_seconds: int = 300  # a running job silent this long lost its worker and is re-queued
@@ -129,6 +130,7 @@ class Config:
             tls_ca=_env_str(env, "SONOLOOP_DICOM_TLS_CA"),
             web_workers=_env_int(env, "SONOLOOP_WEB_WORKERS", 2, 1),
             task_workers=_env_int(env, "SONOLOOP_TASK_WORKERS", 1, 0),
+            auto_analysis=_env_bool(env, "SONOLOOP_AUTO_ANALYSIS", True),
             model=_env_str(env, "SONOLOOP_MODEL", "default"),
             inference_engine=_inference_engine(_env_str(env, "SONOLOOP_INFERENCE_ENGINE", "auto")),
             job_stale_seconds=_env_int(env, "SONOLOOP_JOB_STALE_SECONDS", 300, 10),

@@ -63,7 +63,8 @@ def skip_reason(instance: Instance) -> str | None:
 
 
 def on_instance_indexed(sender, instance: Instance, created: bool, **kwargs) -> None:
-    create_job(instance)
+    if settings.CONFIG.auto_analysis:
+        create_job(instance)
 
 
 def create_job(instance: Instance, retry_of: AnalysisJob | None = None) -> AnalysisJob:
@@ -209,6 +210,9 @@ def run_job(job_id: int) -> str:
         job.status, job.started_at, job.heartbeat_at, job.worker = AnalysisJob.RUNNING, now, now, worker_name()
         job.finished_at = None
         job.save()
+    stop = threading.Event()
+    beating = threading.Thread(target=_heartbeat, args=(job.pk, stop), name=f"heartbeat-{job.pk}", daemon=True)
+    beating.start()
     try:
         _analyse(job)
     except AnalysisError as exc:
@@ -216,7 +220,23 @@ def run_job(job_id: int) -> str:
     except Exception as exc:  # anything else is a bug or an environment problem: keep the job, say what
         log.exception("job %s failed", job.pk)
         _fail(job, f"unexpected error ({type(exc).__name__}: {exc}); see the worker log")
+    finally:
+        stop.set()
+        beating.join()
     return AnalysisJob.objects.get(pk=job.pk).status
+
+
+def _heartbeat(job_id: int, stop: threading.Event) -> None:
+    """While the job runs, say so every HEARTBEAT_SECONDS: a job whose heartbeat stops has lost its worker."""
+    from django.db import connection
+
+    try:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            AnalysisJob.objects.filter(pk=job_id, status=AnalysisJob.RUNNING).update(heartbeat_at=timezone.now())
+    except Exception:
+        log.exception("heartbeat of job %s failed", job_id)
+    finally:
+        connection.close()
 
 
 def _fail(job: AnalysisJob, reason: str) -> None:
@@ -251,12 +271,12 @@ def _analyse(job: AnalysisJob) -> None:
         raise AnalysisError(f"the pixel data cannot be decoded: {exc}") from None
     AnalysisJob.objects.filter(pk=job.pk).update(frames_total=len(frames))
 
-    last_beat = [time.monotonic()]
+    last_update = [time.monotonic()]
 
     def progress(done: int, total: int) -> None:
-        if time.monotonic() - last_beat[0] >= HEARTBEAT_SECONDS or done == total:
-            last_beat[0] = time.monotonic()
-            AnalysisJob.objects.filter(pk=job.pk).update(frames_done=done, heartbeat_at=timezone.now())
+        if time.monotonic() - last_update[0] >= 1.0 or done == total:
+            last_update[0] = time.monotonic()
+            AnalysisJob.objects.filter(pk=job.pk).update(frames_done=done)
 
     began = time.monotonic()
     box = region_box(header.get("SequenceOfUltrasoundRegions"), frames.shape[1], frames.shape[2])
