@@ -53,6 +53,12 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/sonoloop"
 
+    def new_database(self, name: str) -> str:
+        """Another empty database on this server, for a test that needs its own; its URL."""
+        subprocess.run(_as_postgres_user([str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                                          "-U", "postgres", name]), check=True, capture_output=True, text=True)
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
 
 @pytest.fixture(scope="session")
 def postgres():
