@@ -97,6 +97,10 @@ def test_a_cine_sent_by_storescu_is_segmented_into_a_valid_seg_with_measurements
     assert job["frames_done"] == job["frames_total"] == 120
     check_seg(server, samples["cine_jpeg"], tmp_path, analysis)
     m = analysis["results"][0]["measurements"]
+    source = dcmread(samples["cine_jpeg"], stop_before_pixels=True)
+    reports = requests.get(f"{server.url}/dicomweb/studies/{source.StudyInstanceUID}/instances",
+                           params={"Modality": "SR"}, auth=AUTH, timeout=30).json()
+    assert [r["00080018"]["Value"][0] for r in reports] == [analysis["results"][0]["structured_report"]]
     assert m["calibrated"] and len(m["beats"]) >= 3  # four heart cycles in this four-second loop
     assert 25 < m["ef"] < 80 and m["edv"] > m["esv"] > 0 and m["la_volume"] > 0
     listing = server.cli("jobs", "list", "--status", "done").stdout

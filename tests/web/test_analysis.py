@@ -56,6 +56,10 @@ def test_a_cine_is_segmented_stored_as_seg_and_measured(config, samples):
     # the SEG itself is recorded as skipped, not analysed
     assert AnalysisJob.objects.get(instance=seg_instance).status == AnalysisJob.SKIPPED
 
+    sr_instance = Instance.objects.get(sop_instance_uid=result.sr_sop_instance_uid)
+    assert sr_instance.series.modality == "SR" and sr_instance.series.series_number == 951
+    assert AnalysisJob.objects.get(instance=sr_instance).status == AnalysisJob.SKIPPED
+
     m = result.measurements
     assert m["calibrated"] and m["units"]["volume"] == "mL"
     assert len(m["areas"]["LV"]) == 30 and m["ed_es_source"] == "LV area"

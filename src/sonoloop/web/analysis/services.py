@@ -250,6 +250,7 @@ def _analyse(job: AnalysisJob) -> None:
 
     from sonoloop.dicom.pixels import NoPixelData, all_frames
     from sonoloop.dicom.seg import Algorithm, Device, SegmentationError, build_segmentation
+    from sonoloop.dicom.sr import build_measurement_report
     from sonoloop.ml.engines import EngineError
     from sonoloop.ml.modelfolder import ModelFolderError
     from sonoloop.ml.preprocess import FrameError, region_box
@@ -295,7 +296,7 @@ def _analyse(job: AnalysisJob) -> None:
     labels_key = results_store().put(buffer.getvalue())
 
     version = (AnalysisResult.objects.filter(instance=instance).aggregate(v=Max("version"))["v"] or 0) + 1
-    seg_uid = ""
+    seg_uid = sr_uid = ""
     try:
         seg = build_segmentation(
             header, labels, model.classes, Algorithm(model.name, model.version), series_number=900 + version,
@@ -309,15 +310,30 @@ def _analyse(job: AnalysisJob) -> None:
         dcmwrite(out, seg, enforce_file_format=True)
         instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title)
         seg_uid = seg.SOPInstanceUID
+        report = build_measurement_report(header, seg, measurements, algorithm=(model.name, model.version),
+                                          series_number=950 + version, device_uid=_device_uid())
+        if report is not None:
+            out = io.BytesIO()
+            dcmwrite(out, report, enforce_file_format=True)
+            instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title)
+            sr_uid = report.SOPInstanceUID
 
     with transaction.atomic():
         version = (AnalysisResult.objects.filter(instance=instance).aggregate(v=Max("version"))["v"] or 0) + 1
         AnalysisResult.objects.create(job=job, instance=instance, version=version, model_name=model.name,
                                       model_version=model.version, labels_key=labels_key, classes=model.classes,
-                                      seg_sop_instance_uid=seg_uid, measurements=measurements)
+                                      seg_sop_instance_uid=seg_uid, sr_sop_instance_uid=sr_uid,
+                                      measurements=measurements)
         AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.DONE, finished_at=timezone.now(),
                                                      frames_done=len(labels), heartbeat_at=timezone.now(),
                                                      reason="")
+
+
+def _device_uid() -> str:
+    """A stable UID for this Sonoloop installation as the observing device of its reports."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[settings.CONFIG.ae_title, str(settings.CONFIG.data_dir)])
 
 
 def measure(labels: np.ndarray, classes: list[str], header) -> dict:
