@@ -6,7 +6,7 @@ successful job has its own result with the next version number for that instance
 
 from django.db import models
 
-from sonoloop.web.archive.models import Instance
+from sonoloop.web.archive.models import DicomPeer, Instance
 
 
 class AnalysisJob(models.Model):
@@ -66,3 +66,27 @@ class AnalysisResult(models.Model):
 
     def __str__(self):
         return f"result v{self.version} of {self.instance.sop_instance_uid}"
+
+
+class ResultForward(models.Model):
+    """One SEG or SR sent to one peer that receives results; retried with back-off."""
+
+    QUEUED, SENT, RETRYING, FAILED = "queued", "sent", "retrying", "failed"
+    STATUSES = [(s, s) for s in (QUEUED, SENT, RETRYING, FAILED)]
+
+    result = models.ForeignKey(AnalysisResult, on_delete=models.CASCADE, related_name="forwards")
+    peer = models.ForeignKey(DicomPeer, on_delete=models.CASCADE, related_name="forwards")
+    sop_instance_uid = models.CharField(max_length=64)
+    what = models.CharField(max_length=8, help_text="SEG or SR")
+    status = models.CharField(max_length=8, choices=STATUSES, default=QUEUED, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.what} {self.sop_instance_uid} → {self.peer.ae_title} ({self.status})"

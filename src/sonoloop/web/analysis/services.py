@@ -33,7 +33,7 @@ from sonoloop.dicom.filestore import FileStore
 from sonoloop.dicom.instance import sop_class_name
 from sonoloop.web.archive.models import Instance
 
-from .models import AnalysisJob, AnalysisResult
+from .models import AnalysisJob, AnalysisResult, ResultForward
 
 log = logging.getLogger("sonoloop.analysis")
 
@@ -232,9 +232,10 @@ def _heartbeat(job_id: int, stop: threading.Event) -> None:
 
     try:
         while not stop.wait(HEARTBEAT_SECONDS):
-            AnalysisJob.objects.filter(pk=job_id, status=AnalysisJob.RUNNING).update(heartbeat_at=timezone.now())
-    except Exception:
-        log.exception("heartbeat of job %s failed", job_id)
+            try:
+                AnalysisJob.objects.filter(pk=job_id, status=AnalysisJob.RUNNING).update(heartbeat_at=timezone.now())
+            except Exception as exc:  # a busy database: the next beat will do
+                log.warning("heartbeat of job %s not recorded: %s", job_id, exc)
     finally:
         connection.close()
 
@@ -320,10 +321,11 @@ def _analyse(job: AnalysisJob) -> None:
 
     with transaction.atomic():
         version = (AnalysisResult.objects.filter(instance=instance).aggregate(v=Max("version"))["v"] or 0) + 1
-        AnalysisResult.objects.create(job=job, instance=instance, version=version, model_name=model.name,
-                                      model_version=model.version, labels_key=labels_key, classes=model.classes,
-                                      seg_sop_instance_uid=seg_uid, sr_sop_instance_uid=sr_uid,
-                                      measurements=measurements)
+        result = AnalysisResult.objects.create(
+            job=job, instance=instance, version=version, model_name=model.name, model_version=model.version,
+            labels_key=labels_key, classes=model.classes, seg_sop_instance_uid=seg_uid, sr_sop_instance_uid=sr_uid,
+            measurements=measurements)
+        queue_forwards(result)
         AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.DONE, finished_at=timezone.now(),
                                                      frames_done=len(labels), heartbeat_at=timezone.now(),
                                                      reason="")
@@ -354,6 +356,82 @@ def measure(labels: np.ndarray, classes: list[str], header) -> dict:
     result["ed_es_source"] = "R waves (ECG)" if r_waves else "LV area"
     result["frame_times_ms"] = times
     return result
+
+
+# -- sending results to peers ---------------------------------------------------------------
+
+FORWARD_ATTEMPTS = 6
+FORWARD_FIRST_DELAY = 10.0  # seconds; doubled after each failure (10, 20, 40, 80, 160)
+
+
+def queue_forwards(result: AnalysisResult) -> list[ResultForward]:
+    """The result's SEG and SR to every peer that receives results, each as its own task."""
+    from sonoloop.web.archive.models import DicomPeer
+
+    forwards = []
+    for peer in DicomPeer.objects.filter(receives_results=True):
+        for what, uid in (("SEG", result.seg_sop_instance_uid), ("SR", result.sr_sop_instance_uid)):
+            if uid:
+                forward = ResultForward.objects.create(result=result, peer=peer, sop_instance_uid=uid, what=what)
+                _enqueue_forward(forward)
+                forwards.append(forward)
+    return forwards
+
+
+def _enqueue_forward(forward: ResultForward, run_after=None) -> None:
+    from .tasks import forward_result
+
+    task = forward_result.using(run_after=run_after) if run_after else forward_result
+    task.enqueue(forward.pk)
+
+
+def run_forward(forward_id: int) -> str:
+    """Send one result object; on failure try again later, FORWARD_ATTEMPTS times in all."""
+    from sonoloop.dicom.send import Peer, SendError, send_file
+    from sonoloop.web.archive.services import instance_path
+
+    forward = ResultForward.objects.select_related("peer").filter(pk=forward_id).first()
+    if forward is None or forward.status in (ResultForward.SENT, ResultForward.FAILED):
+        return forward.status if forward else "missing"
+    peer = forward.peer
+    forward.attempts += 1
+    try:
+        instance = Instance.objects.filter(sop_instance_uid=forward.sop_instance_uid).first()
+        if instance is None:
+            raise SendError(f"{forward.what} {forward.sop_instance_uid} is no longer in the archive")
+        send_file(instance_path(instance), Peer(peer.ae_title, peer.host, peer.port), settings.CONFIG.ae_title)
+    except SendError as exc:
+        forward.last_error = str(exc)
+        if forward.attempts >= FORWARD_ATTEMPTS:
+            forward.status, forward.next_attempt_at = ResultForward.FAILED, None
+            log.error("sending %s to %s failed for good after %d attempts: %s", forward.sop_instance_uid,
+                      peer.ae_title, forward.attempts, exc)
+        else:
+            delay = FORWARD_FIRST_DELAY * 2 ** (forward.attempts - 1)
+            forward.status, forward.next_attempt_at = ResultForward.RETRYING, timezone.now() + timedelta(seconds=delay)
+            log.warning("sending %s to %s failed (attempt %d), again in %.0f s: %s", forward.sop_instance_uid,
+                        peer.ae_title, forward.attempts, delay, exc)
+        forward.save()
+        if forward.status == ResultForward.RETRYING:
+            _enqueue_forward(forward, run_after=forward.next_attempt_at)
+        return forward.status
+    forward.status, forward.sent_at, forward.last_error, forward.next_attempt_at = (
+        ResultForward.SENT, timezone.now(), "", None)
+    forward.save()
+    return forward.status
+
+
+def forward_summary(forward: ResultForward) -> dict:
+    return {
+        "what": forward.what,
+        "sop_instance_uid": forward.sop_instance_uid,
+        "peer": forward.peer.ae_title,
+        "status": forward.status,
+        "attempts": forward.attempts,
+        "last_error": forward.last_error,
+        "next_attempt_at": forward.next_attempt_at.isoformat() if forward.next_attempt_at else None,
+        "sent_at": forward.sent_at.isoformat() if forward.sent_at else None,
+    }
 
 
 def load_labels(result: AnalysisResult) -> np.ndarray:
@@ -392,5 +470,6 @@ def result_summary(result: AnalysisResult) -> dict:
         "segmentation": result.seg_sop_instance_uid or None,
         "structured_report": result.sr_sop_instance_uid or None,
         "measurements": result.measurements,
+        "forwards": [forward_summary(f) for f in result.forwards.select_related("peer")],
         "created_at": result.created_at.isoformat(),
     }

@@ -8,3 +8,10 @@ def analyse_instance(job_id: int) -> str:
     from .services import run_job
 
     return run_job(job_id)
+
+
+@task(queue_name="default")
+def forward_result(forward_id: int) -> str:
+    from .services import run_forward
+
+    return run_forward(forward_id)

@@ -91,6 +91,9 @@ class DicomPeer(models.Model):
     is_move_destination = models.BooleanField(
         default=False, help_text="C-MOVE requests may send images to this peer."
     )
+    receives_results = models.BooleanField(
+        default=False, help_text="Receives every segmentation and measurement report Sonoloop makes (C-STORE)."
+    )
     description = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

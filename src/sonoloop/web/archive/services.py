@@ -455,7 +455,7 @@ class PeerError(ValueError):
 
 
 def peer_add(ae_title: str, host: str, port: int, *, may_store: bool, may_query: bool,
-             is_move_destination: bool, description: str = "") -> DicomPeer:
+             is_move_destination: bool, receives_results: bool = False, description: str = "") -> DicomPeer:
     try:
         ae_title = check_ae_title(ae_title, "The peer's AE title")
     except ConfigError as exc:
@@ -472,6 +472,7 @@ def peer_add(ae_title: str, host: str, port: int, *, may_store: bool, may_query:
             "may_store": may_store,
             "may_query": may_query,
             "is_move_destination": is_move_destination,
+            "receives_results": receives_results,
             "description": description,
         },
     )

@@ -18,6 +18,8 @@ class Command(BaseCommand):
         add.add_argument("--store", action="store_true", help="may send images here (C-STORE)")
         add.add_argument("--query", action="store_true", help="may query and retrieve (C-FIND/C-GET/C-MOVE)")
         add.add_argument("--move-destination", action="store_true", help="C-MOVE may send images to it")
+        add.add_argument("--results", action="store_true",
+                         help="send it every segmentation (SEG) and measurement report (SR) Sonoloop makes")
         add.add_argument("--description", default="")
         sub.add_parser("list", help="list peers")
         remove = sub.add_parser("remove", help="remove a peer")
@@ -29,7 +31,8 @@ class Command(BaseCommand):
                 peer = services.peer_add(
                     options["ae_title"], options["host"], options["port"],
                     may_store=options["store"], may_query=options["query"],
-                    is_move_destination=options["move_destination"], description=options["description"],
+                    is_move_destination=options["move_destination"], receives_results=options["results"],
+                    description=options["description"],
                 )
                 self.stdout.write(f"saved peer {peer}")
             elif action == "remove":
@@ -45,7 +48,8 @@ class Command(BaseCommand):
         if not peers:
             self.stdout.write("no peers configured (unknown AEs may C-ECHO and C-STORE unless SONOLOOP_DICOM_STRICT is on)")
             return
-        self.stdout.write(f"{'AE title':16}  {'host':24} {'port':>5}  store query move-dest")
+        self.stdout.write(f"{'AE title':16}  {'host':24} {'port':>5}  store query move-dest results")
         for p in peers:
-            flags = "  ".join("yes  " if f else "no   " for f in (p.may_store, p.may_query, p.is_move_destination))
+            flags = "  ".join("yes  " if f else "no   " for f in (p.may_store, p.may_query, p.is_move_destination,
+                                                                   p.receives_results))
             self.stdout.write(f"{p.ae_title:16}  {p.host:24} {p.port:>5}  {flags}")
