@@ -90,3 +90,19 @@ class ResultForward(models.Model):
 
     def __str__(self):
         return f"{self.what} {self.sop_instance_uid} → {self.peer.ae_title} ({self.status})"
+
+
+class StudyMeasurement(models.Model):
+    """Measurements that need two loops of one study: LV volumes and EF by the biplane method
+    of disks from an apical 4-chamber and an apical 2-chamber result. A new row each time a
+    newer result of either view arrives."""
+
+    study = models.ForeignKey("archive.Study", on_delete=models.CASCADE, related_name="measurements")
+    four_chamber = models.ForeignKey(AnalysisResult, on_delete=models.CASCADE, related_name="+")
+    two_chamber = models.ForeignKey(AnalysisResult, on_delete=models.CASCADE, related_name="+")
+    method = models.CharField(max_length=64, default="biplane method of disks")
+    values = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]

@@ -33,7 +33,7 @@ from sonoloop.dicom.filestore import FileStore
 from sonoloop.dicom.instance import sop_class_name
 from sonoloop.web.archive.models import Instance
 
-from .models import AnalysisJob, AnalysisResult, ResultForward
+from .models import AnalysisJob, AnalysisResult, ResultForward, StudyMeasurement
 
 log = logging.getLogger("sonoloop.analysis")
 
@@ -326,6 +326,8 @@ def _analyse(job: AnalysisJob) -> None:
             labels_key=labels_key, classes=model.classes, seg_sop_instance_uid=seg_uid, sr_sop_instance_uid=sr_uid,
             measurements=measurements)
         queue_forwards(result)
+        if measurements.get("view") in ("A4C", "A2C"):
+            update_biplane(result)
         AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.DONE, finished_at=timezone.now(),
                                                      frames_done=len(labels), heartbeat_at=timezone.now(),
                                                      reason="")
@@ -339,6 +341,7 @@ def _device_uid() -> str:
 
 
 def measure(labels: np.ndarray, classes: list[str], header) -> dict:
+    from sonoloop.dicom.views import apical_view
     from sonoloop.echo.measure import Calibration, frame_times, measure_loop, r_wave_frames
 
     lv = labels == classes.index("LV") if "LV" in classes else None
@@ -355,7 +358,36 @@ def measure(labels: np.ndarray, classes: list[str], header) -> dict:
     result = measure_loop(labels, classes, calibration, r_waves, frame_time).as_dict()
     result["ed_es_source"] = "R waves (ECG)" if r_waves else "LV area"
     result["frame_times_ms"] = times
+    result["calibration"] = {"dx": calibration.dx, "dy": calibration.dy, "unit": calibration.unit}
+    result["view"] = apical_view(header)
     return result
+
+
+def update_biplane(result: AnalysisResult) -> StudyMeasurement | None:
+    """When the study has a result for the other apical view too, the biplane volumes from the
+    latest result of each (different instances); None when it has not, or a value is missing."""
+    from sonoloop.echo.measure import Calibration, biplane_volumes
+
+    view = result.measurements.get("view")
+    other_view = {"A4C": "A2C", "A2C": "A4C"}.get(view)
+    study = result.instance.series.study
+    other = (AnalysisResult.objects.filter(instance__series__study=study, measurements__view=other_view)
+             .exclude(instance=result.instance).order_by("-created_at", "-id").first())
+    if other is None:
+        return None
+    four, two = (result, other) if view == "A4C" else (other, result)
+    phases = []
+    for r in (four, two):
+        m = r.measurements
+        if m.get("ed_frame") is None:
+            return None
+        labels = load_labels(r)
+        phases.append(((labels[m["ed_frame"]], labels[m["es_frame"]]), Calibration(**m["calibration"])))
+    try:
+        values = biplane_volumes(phases[0][0], phases[1][0], four.classes, phases[0][1], phases[1][1])
+    except ValueError as exc:
+        values = {"flags": [f"no biplane volumes: {exc}"]}
+    return StudyMeasurement.objects.create(study=study, four_chamber=four, two_chamber=two, values=values)
 
 
 # -- sending results to peers ---------------------------------------------------------------

@@ -36,6 +36,14 @@ def instance_panel(request, instance: Instance) -> Panel | None:
                  refresh_seconds=3 if active else None)
 
 
+def study_panel(request, study) -> Panel | None:
+    """The study page's biplane measurements, when the study has both apical views analysed."""
+    latest = study.measurements.select_related("four_chamber__instance", "two_chamber__instance").first()
+    if latest is None:
+        return None
+    return Panel("analysis/_study_panel.html", {"latest": latest, "v": latest.values})
+
+
 @login_required
 def job_list(request):
     jobs = AnalysisJob.objects.select_related("instance", "result").order_by("-created_at", "-id")
@@ -116,3 +124,18 @@ def api_job_retry(request, pk: int):
     except services.RetryError as exc:
         return JsonResponse({"error": str(exc)}, status=409)
     return JsonResponse(services.job_summary(new), status=201)
+
+
+@api_login_required
+def api_study_measurements(request, study_uid: str):
+    from sonoloop.web.archive.models import Study
+
+    study = Study.objects.filter(study_instance_uid=study_uid).first()
+    if study is None:
+        return JsonResponse({"error": f"no study with Study Instance UID {study_uid}"}, status=404)
+    rows = study.measurements.select_related("four_chamber__instance", "two_chamber__instance")
+    return JsonResponse({"study": study_uid, "measurements": [{
+        "method": m.method, "values": m.values, "created_at": m.created_at.isoformat(),
+        "four_chamber": {"instance": m.four_chamber.instance.sop_instance_uid, "result_version": m.four_chamber.version},
+        "two_chamber": {"instance": m.two_chamber.instance.sop_instance_uid, "result_version": m.two_chamber.version},
+    } for m in rows]})

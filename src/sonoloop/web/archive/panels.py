@@ -15,8 +15,14 @@ class Panel:
 
 
 INSTANCE_PANELS: list = []
+STUDY_PANELS: list = []  # the same for the study page: (request, study) -> Panel | None
 
 
 def instance_panels(request, instance) -> list[Panel]:
     panels = [provider(request, instance) for provider in INSTANCE_PANELS]
+    return [p for p in panels if p is not None]
+
+
+def study_panels(request, study) -> list[Panel]:
+    panels = [provider(request, study) for provider in STUDY_PANELS]
     return [p for p in panels if p is not None]

@@ -18,7 +18,7 @@ from sonoloop.dicom.pixels import NoPixelData
 from sonoloop.web.accounts.auth import api_login_required
 
 from . import services
-from .panels import instance_panels
+from .panels import instance_panels, study_panels
 from .models import Instance, Patient, Series, Study
 
 log = logging.getLogger("sonoloop.web")
@@ -73,7 +73,8 @@ def study_detail(request, study_uid: str):
     series = study.series.annotate(n_instances=Count("instances"))
     firsts = {s.pk: s.instances.order_by("instance_number", "pk").first() for s in series}
     rows = [(s, firsts[s.pk]) for s in series]
-    return render(request, "archive/study_detail.html", {"study": study, "patient": study.patient, "rows": rows})
+    return render(request, "archive/study_detail.html", {"study": study, "patient": study.patient, "rows": rows,
+                                                         "panels": study_panels(request, study)})
 
 
 @login_required
