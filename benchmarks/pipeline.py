@@ -1,0 +1,126 @@
+"""Pipeline overhead: from the end of C-STORE to a queryable SEG, against the model alone.
+
+    .venv/bin/python benchmarks/pipeline.py [--rounds 3]
+
+Starts `sonoloop serve` (SQLite, one worker, the shipped model, the default inference
+engine) in a temporary folder, sends a warm-up copy of the real 120-frame apical 4-chamber
+cine from pydicom-data (the worker loads the model on its first job), then --rounds fresh
+copies one at a time with dcmtk's storescu. For each it measures the time from storescu's
+return (the C-STORE acknowledged) until QIDO-RS finds the SEG in the copy's study: decoding,
+inference on every frame, label maps, SEG, measurements, SR, storing and indexing.
+
+Beside it, with the server idle, the same process runs the same model with the same engine
+on the same 120 decoded frames (`Segmenter.predict`: preprocessing, network, mapping back,
+post-processing), --rounds times. It prints both medians and their ratio (target ≤ 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+
+from pydicom import dcmread
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import free_port, wait_for_port  # noqa: E402
+
+from sonoloop.dicom.samples import ECHO_CINE_JPEG, sample_path, write_copies  # noqa: E402
+
+PASSWORD = "bench"
+
+
+def start(work: Path) -> tuple[subprocess.Popen, int, int]:
+    dicom_port, http_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SONOLOOP_") and k != "DATABASE_URL"}
+    env.update(SONOLOOP_DATA_DIR=str(work / "data"), SONOLOOP_DICOM_HOST="127.0.0.1", SONOLOOP_HTTP_HOST="127.0.0.1",
+               SONOLOOP_DICOM_PORT=str(dicom_port), SONOLOOP_HTTP_PORT=str(http_port),
+               SONOLOOP_ADMIN_PASSWORD=PASSWORD, SONOLOOP_WEB_WORKERS="1")
+    sonoloop = str(Path(sys.executable).with_name("sonoloop"))
+    process = subprocess.Popen([sonoloop, "serve"], env=env, stdout=(work / "serve.log").open("w"),
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port(dicom_port)
+    wait_for_port(http_port)
+    return process, dicom_port, http_port
+
+
+def seg_found(http_port: int, study_uid: str) -> bool:
+    query = urllib.parse.urlencode({"Modality": "SEG"})
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/dicomweb/studies/{study_uid}/series?{query}")
+    request.add_header("Authorization", "Basic " + b64encode(f"admin:{PASSWORD}".encode()).decode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status == 200 and response.read().strip() not in (b"", b"[]")
+
+
+def pipeline_seconds(path: Path, dicom_port: int, http_port: int, timeout: float = 900) -> float:
+    study_uid = dcmread(path, stop_before_pixels=True).StudyInstanceUID
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    sent = subprocess.run(["storescu", "-R", "-xy", "-aec", "SONOLOOP", "127.0.0.1", str(dicom_port), str(path)],
+                          env=env, capture_output=True, text=True)
+    stored = time.perf_counter()
+    if sent.returncode != 0 or "E:" in sent.stderr:
+        raise RuntimeError(f"storescu failed: {sent.stderr[-2000:]}")
+    while time.perf_counter() - stored < timeout:
+        if seg_found(http_port, study_uid):
+            return time.perf_counter() - stored
+        time.sleep(0.1)
+    raise TimeoutError(f"no SEG for {path.name} after {timeout} s")
+
+
+def inference_seconds(path: Path, rounds: int) -> list[float]:
+    from sonoloop.dicom.pixels import all_frames
+    from sonoloop.ml.commands import DEFAULT_MODEL
+    from sonoloop.ml.infer import Segmenter
+    from sonoloop.ml.preprocess import region_box
+
+    segmenter = Segmenter(DEFAULT_MODEL)  # the engine `auto` picks, as the worker does
+    frames, header, bits = all_frames(path)
+    box = region_box(header.get("SequenceOfUltrasoundRegions"), frames.shape[1], frames.shape[2])
+    segmenter.predict(frames[:4], box, bits)  # warm-up
+    times = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        segmenter.predict(frames, box, bits)
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sonoloop-bench-pipeline-"))
+    copies = write_copies(sample_path(ECHO_CINE_JPEG), work / "copies", args.rounds + 1, prefix="cine")
+    process, dicom_port, http_port = start(work)
+    try:
+        warm = pipeline_seconds(copies[0], dicom_port, http_port)
+        print(f"warm-up (the worker loads the model): {warm:.1f} s", flush=True)
+        pipeline = []
+        for path in copies[1:]:
+            pipeline.append(pipeline_seconds(path, dicom_port, http_port))
+            print(f"  C-STORE done → SEG queryable: {pipeline[-1]:.2f} s", flush=True)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    model = inference_seconds(copies[0], args.rounds)
+    for seconds in model:
+        print(f"  model alone on the 120 frames: {seconds:.2f} s", flush=True)
+    p, m = statistics.median(pipeline), statistics.median(model)
+    print()
+    print(f"120-frame cine, median of {args.rounds}: pipeline {p:.2f} s ({p / 120 * 1000:.0f} ms/frame), "
+          f"model alone {m:.2f} s ({m / 120 * 1000:.0f} ms/frame)")
+    print(f"overhead ratio pipeline / model: {p / m:.2f} (target ≤ 1.3)")
+    print(f"(logs and data in {work})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
