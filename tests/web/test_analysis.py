@@ -1,6 +1,7 @@
 """Analysis jobs: enqueued with the index row, run by a worker, skipped/failed with reasons,
 re-queued when a worker is lost, re-run as new versions."""
 
+import json
 from datetime import timedelta
 
 import numpy as np
@@ -11,12 +12,14 @@ from django_tasks_db.models import DBTaskResult
 from pydicom import dcmread
 
 from sonoloop.dicom.seg import read_segmentation
+from sonoloop.ml.commands import DEFAULT_MODEL
 from sonoloop.web.analysis import services
 from sonoloop.web.analysis.models import AnalysisJob, AnalysisResult
 from sonoloop.web.archive.models import Instance
 from sonoloop.web.archive.services import instance_path, instance_store
 
 pytestmark = pytest.mark.django_db
+DEFAULT_NAME = json.loads((DEFAULT_MODEL / "model.json").read_text())["name"]
 
 
 def store(path) -> Instance:
@@ -37,7 +40,7 @@ def test_a_cine_is_segmented_stored_as_seg_and_measured(config, samples):
     assert services.run_job(job.pk) == AnalysisJob.DONE
     job.refresh_from_db()
     assert job.frames_done == job.frames_total == 30 and job.duration_seconds > 0
-    assert job.model_name == "camus-unet-v1"  # the shipped default model
+    assert job.model_name == DEFAULT_NAME  # the shipped default model
     result = job.result
     assert result.version == 1 and result.classes == ["background", "LV", "MYO", "LA"]
 

@@ -1,14 +1,18 @@
 """The instance page's analysis section, the jobs page and the JSON API."""
 
+import json
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from sonoloop.ml.commands import DEFAULT_MODEL
 from sonoloop.web.analysis import services
 from sonoloop.web.analysis.models import AnalysisJob
 from sonoloop.web.archive.services import instance_store
 
 pytestmark = pytest.mark.django_db
+DEFAULT_NAME = json.loads((DEFAULT_MODEL / "model.json").read_text())["name"]
 
 
 @pytest.fixture
@@ -31,7 +35,7 @@ def test_the_instance_page_shows_measurements_the_area_plot_and_jobs(logged_in, 
     page = logged_in.get(f"/instances/{instance.sop_instance_uid}/").content.decode()
     assert "Automatic analysis" in page and "LV ejection fraction" in page
     assert '<svg class="area-plot"' in page and 'class="ed"' in page and 'class="es"' in page
-    assert "30/30 frames" in page and "camus-unet-v1" in page and "DICOM Segmentation" in page
+    assert "30/30 frames" in page and DEFAULT_NAME in page and "DICOM Segmentation" in page
     assert 'http-equiv="refresh"' not in page  # nothing in progress
     result = job.result
     assert f"{result.measurements['ef']:.1f} %" in page
@@ -63,7 +67,7 @@ def test_json_api_for_jobs_and_results(logged_in, analysed, samples):
     data = logged_in.get(f"/api/instances/{instance.sop_instance_uid}/analysis").json()
     assert data["jobs"][0]["status"] == "done" and data["jobs"][0]["frames_total"] == 30
     result = data["results"][0]
-    assert result["version"] == 1 and result["model"]["name"] == "camus-unet-v1"
+    assert result["version"] == 1 and result["model"]["name"] == DEFAULT_NAME
     assert result["segmentation"] and result["measurements"]["units"]["volume"] == "mL"
     assert logged_in.get(f"/api/jobs/{job.pk}").json()["result"]["version"] == 1
     assert logged_in.get("/api/jobs?status=done").json()["jobs"][0]["id"] == job.pk
