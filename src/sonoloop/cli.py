@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--markdown", help="also write the summary table here")
     evaluate.add_argument("--png", help="also write a grid of predictions over the ground truth here")
     evaluate.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
+    evaluate.add_argument("--mirror", action="store_true",
+                          help="flip every frame left-right (echoes recorded in the mirrored display convention)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="segment every frame of a DICOM file")

@@ -107,6 +107,10 @@ def test_evaluate_reports_camus_structures_by_phase(camus_dir, tmp_path):
     assert "| phase |" in (tmp_path / "r.md").read_text()
     missing = main(["evaluate", "--model", str(tmp_path / "no-model"), "--data", str(camus_dir), "--json", str(tmp_path / "x")])
     assert missing == 2
+    assert main(["evaluate", "--model", str(model), "--data", str(camus_dir), "--split", "validation", "--limit", "4",
+                 "--json", str(tmp_path / "m.json"), "--mirror"]) == 0
+    mirrored = json.loads((tmp_path / "m.json").read_text())
+    assert mirrored["mirrored"] and mirrored["frames"] == 4
 
 
 def test_dice_and_hd95_on_known_masks():

@@ -89,7 +89,7 @@ def evaluate_command(args) -> int:
     except (ModelFolderError, DataError, EngineError) as exc:
         print(f"sonoloop evaluate: {exc}", file=sys.stderr)
         return 2
-    report, examples = evaluate(segmenter, frames)
+    report, examples = evaluate(segmenter, frames, mirror=getattr(args, "mirror", False))
     write_reports(report, examples, Path(args.json), args.markdown and Path(args.markdown), args.png and Path(args.png))
     print(markdown_table(report))
     return 0

@@ -80,22 +80,27 @@ def summarise(per_frame: list[dict]) -> dict:
     return summary
 
 
-def evaluate(segmenter: Segmenter, frames: list[LabelledFrame]) -> tuple[dict, list[tuple]]:
+def evaluate(segmenter: Segmenter, frames: list[LabelledFrame], mirror: bool = False) -> tuple[dict, list[tuple]]:
+    """``mirror``: every frame and its labels flipped left–right, as echoes recorded in the
+    mirrored display convention (LV on the other side) look."""
     per_frame, examples = [], []
     for frame in frames:
         image, truth = frame.load()
+        if mirror:
+            image, truth = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(truth[:, ::-1])
         prediction = segmenter.predict(image[None])[0]
         per_frame.append({"frame": frame.frame_id, "patient": frame.patient, "view": frame.view,
                           "phase": frame.phase, "scores": frame_scores(prediction, truth)})
         examples.append((frame.frame_id, image, truth, prediction))
-    report = {"model": segmenter.description.get("name"), "frames": len(frames),
+    report = {"model": segmenter.description.get("name"), "frames": len(frames), "mirrored": mirror,
               "summary": summarise(per_frame), "per_frame": per_frame}
     return report, examples
 
 
 def markdown_table(report: dict) -> str:
-    lines = [f"Model `{report['model']}` on {report['frames']} frames (Dice / HD95 in pixels; HD95 against the "
-             "reference without isolated label specks)", "",
+    mirrored = ", mirrored left–right" if report.get("mirrored") else ""
+    lines = [f"Model `{report['model']}` on {report['frames']} frames{mirrored} (Dice / HD95 in pixels; HD95 against "
+             "the reference without isolated label specks)", "",
              "| phase | " + " | ".join(STRUCTURES) + " |", "| --- |" + " --- |" * len(STRUCTURES)]
     for phase, structures in report["summary"].items():
         cells = [f"{s['dice']:.3f} / " + (f"{s['hd95_px']:.1f}" if s["hd95_px"] is not None else "n/a")
