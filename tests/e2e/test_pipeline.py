@@ -160,3 +160,31 @@ def test_a_killed_worker_is_replaced_and_its_job_runs_again(server, samples, tmp
     job = analysis["jobs"][0]
     assert job["status"] == "done" and job["attempt"] == 2, job
     assert len(analysis["results"]) == 1
+
+
+@pytest.mark.browser
+def test_a_cardiologist_sees_the_measurements_and_the_area_plot(server, samples, tmp_path):
+    require_tools("chromium")
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.test_browser import CHROMIUM_ARGS
+
+    uid = dcmread(samples["cine_jpeg"], stop_before_pixels=True).SOPInstanceUID
+    wait_for_job(server, uid)  # sent by the first test of this module
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"{server.url}/instances/{uid}/")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", ADMIN_PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#analysis")
+        assert "LV ejection fraction" in page.inner_text("#measurements")
+        plot = page.locator("svg.area-plot")
+        assert plot.is_visible() and plot.locator("line.ed").count() >= 3 and plot.locator("line.es").count() >= 3
+        assert "done" in page.inner_text("#jobs")
+        page.click("#analysis a:has-text('DICOM Segmentation')")
+        page.wait_for_selector("h1")
+        assert "Segmentation Storage" in page.inner_text("h1")
+        page.screenshot(path=str(tmp_path / "analysis.png"))
+        browser.close()

@@ -144,3 +144,17 @@ def test_jobs_command_lists_and_retries(config, samples, capsys):
     job = AnalysisJob.objects.get(instance=instance)
     with pytest.raises(CommandError, match="skipped"):
         call_command("jobs", "retry", str(job.pk))
+
+
+def test_a_measurement_that_breaks_keeps_the_segmentation_and_says_so(config, samples, monkeypatch):
+    def broken(*args, **kwargs):
+        raise FloatingPointError("division by zero in the long axis")
+
+    monkeypatch.setattr(services, "measure", broken)
+    instance = store(samples["cine_30"])
+    job = AnalysisJob.objects.get(instance=instance)
+    assert services.run_job(job.pk) == AnalysisJob.DONE
+    result = AnalysisResult.objects.get(job=job)
+    assert result.seg_sop_instance_uid and not result.sr_sop_instance_uid  # no numbers, no report
+    assert any("could not be made (FloatingPointError" in f for f in result.measurements["flags"])
+    assert result.measurements["ef"] is None

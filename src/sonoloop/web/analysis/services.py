@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -289,7 +289,11 @@ def _analyse(job: AnalysisJob) -> None:
     inference_seconds = time.monotonic() - began
     del frames
 
-    measurements = measure(labels, model.classes, header)
+    try:
+        measurements = measure(labels, model.classes, header)
+    except Exception as exc:  # the segmentation is still worth keeping: say what is missing
+        log.exception("measuring job %s failed", job.pk)
+        measurements = _no_measurements(len(labels), f"the measurements could not be made ({type(exc).__name__}: {exc})")
     measurements["inference_seconds"] = round(inference_seconds, 2)
 
     buffer = io.BytesIO()
@@ -311,26 +315,45 @@ def _analyse(job: AnalysisJob) -> None:
         dcmwrite(out, seg, enforce_file_format=True)
         instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title)
         seg_uid = seg.SOPInstanceUID
-        report = build_measurement_report(header, seg, measurements, algorithm=(model.name, model.version),
-                                          series_number=950 + version, device_uid=_device_uid())
+        try:
+            report = build_measurement_report(header, seg, measurements, algorithm=(model.name, model.version),
+                                              series_number=950 + version, device_uid=_device_uid())
+        except Exception as exc:  # the SEG and the measurements stand without it
+            log.exception("the measurement report of job %s could not be made", job.pk)
+            measurements.setdefault("flags", []).append(f"no measurement report (SR) written: {exc}")
+            report = None
         if report is not None:
             out = io.BytesIO()
             dcmwrite(out, report, enforce_file_format=True)
             instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title)
             sr_uid = report.SOPInstanceUID
 
-    with transaction.atomic():
-        version = (AnalysisResult.objects.filter(instance=instance).aggregate(v=Max("version"))["v"] or 0) + 1
-        result = AnalysisResult.objects.create(
-            job=job, instance=instance, version=version, model_name=model.name, model_version=model.version,
-            labels_key=labels_key, classes=model.classes, seg_sop_instance_uid=seg_uid, sr_sop_instance_uid=sr_uid,
-            measurements=measurements)
-        queue_forwards(result)
-        if measurements.get("view") in ("A4C", "A2C"):
-            update_biplane(result)
-        AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.DONE, finished_at=timezone.now(),
-                                                     frames_done=len(labels), heartbeat_at=timezone.now(),
-                                                     reason="")
+    for attempt in range(3):  # two runs on one instance finishing together: the second takes the next number
+        try:
+            with transaction.atomic():
+                version = (AnalysisResult.objects.filter(instance=instance).aggregate(v=Max("version"))["v"] or 0) + 1
+                result = AnalysisResult.objects.create(
+                    job=job, instance=instance, version=version, model_name=model.name,
+                    model_version=model.version, labels_key=labels_key, classes=model.classes,
+                    seg_sop_instance_uid=seg_uid, sr_sop_instance_uid=sr_uid, measurements=measurements)
+                queue_forwards(result)
+                if measurements.get("view") in ("A4C", "A2C"):
+                    update_biplane(result)
+                AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.DONE, finished_at=timezone.now(),
+                                                             frames_done=len(labels), heartbeat_at=timezone.now(),
+                                                             reason="")
+            return
+        except IntegrityError:
+            if attempt == 2:
+                raise
+
+
+def _no_measurements(frames: int, reason: str) -> dict:
+    from sonoloop.echo.measure import Calibration, Measurements
+
+    calibration = Calibration()
+    return Measurements(frames=frames, units=calibration.units, calibrated=False, areas={}, lv_length=[],
+                        flags=[reason]).as_dict()
 
 
 def _device_uid() -> str:
