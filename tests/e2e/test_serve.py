@@ -33,7 +33,7 @@ def test_serve_runs_web_dicom_and_worker_and_stops_them_all_on_sigterm(tmp_path)
     try:
         kids = _children(srv.process.pid)
         commands = " | ".join(_cmdline(k) for k in kids)
-        assert "gunicorn" in commands and "dicomnode" in commands and "db_worker" in commands
+        assert "gunicorn" in commands and "dicomnode" in commands and "manage worker" in commands
         login = requests.get(f"{srv.url}/login/", timeout=10)
         assert login.status_code == 200 and "Log in" in login.text
         css = requests.get(f"{srv.url}/static/archive/sonoloop.css", timeout=10)
