@@ -37,14 +37,14 @@ def test_storing_an_echo_queues_a_job_in_the_same_transaction(config, samples):
 def test_a_cine_is_segmented_stored_as_seg_and_measured(config, samples):
     instance = store(samples["cine_30"])
     job = AnalysisJob.objects.get(instance=instance)
-    assert services.run_job(job.pk) == AnalysisJob.DONE
+    assert services.job_run(job.pk) == AnalysisJob.DONE
     job.refresh_from_db()
     assert job.frames_done == job.frames_total == 30 and job.duration_seconds > 0
     assert job.model_name == DEFAULT_NAME  # the shipped default model
     result = job.result
     assert result.version == 1 and result.classes == ["background", "LV", "MYO", "LA"]
 
-    labels = services.load_labels(result)
+    labels = services.result_labels(result)
     assert labels.shape == (30, instance.rows, instance.columns)
     assert (labels == 1).sum(axis=(1, 2)).min() > 1000  # an LV on every frame of this apical 4-chamber loop
 
@@ -80,17 +80,17 @@ def test_non_echo_instances_are_skipped_with_a_reason(config, samples):
         assert job.status == AnalysisJob.SKIPPED and "not an echo image" in job.reason
         assert not job.task_id
     with pytest.raises(services.RetryError, match="skipped"):
-        services.retry_job(job)
+        services.job_retry(job)
 
 
 def test_broken_pixel_data_fails_with_a_reason_and_can_be_retried_as_a_new_job(config, samples):
     instance = store(samples["us_native"])
     instance_path(instance).write_bytes(samples["us_native"].read_bytes()[:6000])  # the stored file damaged on disk
     job = AnalysisJob.objects.get(instance=instance)
-    assert services.run_job(job.pk) == AnalysisJob.FAILED
+    assert services.job_run(job.pk) == AnalysisJob.FAILED
     job.refresh_from_db()
     assert "cannot be decoded" in job.reason or "no image" in job.reason
-    again = services.retry_job(job)
+    again = services.job_retry(job)
     assert again.pk != job.pk and again.retry_of == job and again.status == AnalysisJob.QUEUED
     job.refresh_from_db()
     assert job.status == AnalysisJob.FAILED  # the failed run stays on record
@@ -105,7 +105,7 @@ def test_a_job_whose_worker_was_lost_is_requeued_then_failed_after_three_losses(
         DBTaskResult.objects.filter(id=job.task_id).update(status="RUNNING")
         AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.RUNNING, heartbeat_at=long_ago,
                                                      worker="gone:1")
-        assert [j.pk for j in services.requeue_stale_jobs(60)] == [job.pk]
+        assert [j.pk for j in services.jobs_requeue_stale(60)] == [job.pk]
         job.refresh_from_db()
         if attempt < 3:
             assert job.status == AnalysisJob.QUEUED and job.attempt == attempt + 1
@@ -113,7 +113,7 @@ def test_a_job_whose_worker_was_lost_is_requeued_then_failed_after_three_losses(
     assert job.status == AnalysisJob.FAILED and "lost 3 times" in job.reason
     assert DBTaskResult.objects.get(id=first_task).status == "FAILED"
     fresh = AnalysisJob.objects.create(instance=instance, status=AnalysisJob.RUNNING, heartbeat_at=timezone.now())
-    assert services.requeue_stale_jobs(60) == []  # a job with a recent heartbeat is left alone
+    assert services.jobs_requeue_stale(60) == []  # a job with a recent heartbeat is left alone
     fresh.refresh_from_db()
     assert fresh.status == AnalysisJob.RUNNING
 
@@ -121,14 +121,14 @@ def test_a_job_whose_worker_was_lost_is_requeued_then_failed_after_three_losses(
 def test_running_again_makes_a_new_version_and_keeps_the_old(config, samples):
     instance = store(samples["cine_30"])
     job = AnalysisJob.objects.get(instance=instance)
-    services.run_job(job.pk)
-    again = services.retry_job(job)
-    assert services.run_job(again.pk) == AnalysisJob.DONE
+    services.job_run(job.pk)
+    again = services.job_retry(job)
+    assert services.job_run(again.pk) == AnalysisJob.DONE
     results = list(AnalysisResult.objects.filter(instance=instance).order_by("version"))
     assert [r.version for r in results] == [1, 2]
     assert results[0].seg_sop_instance_uid != results[1].seg_sop_instance_uid
     assert Instance.objects.filter(sop_instance_uid=results[0].seg_sop_instance_uid).exists()
-    assert services.run_job(job.pk) == AnalysisJob.DONE  # a duplicate delivery does nothing
+    assert services.job_run(job.pk) == AnalysisJob.DONE  # a duplicate delivery does nothing
     assert AnalysisResult.objects.filter(instance=instance).count() == 2
 
 
@@ -153,7 +153,7 @@ def test_a_measurement_that_breaks_keeps_the_segmentation_and_says_so(config, sa
     monkeypatch.setattr(services, "measure", broken)
     instance = store(samples["cine_30"])
     job = AnalysisJob.objects.get(instance=instance)
-    assert services.run_job(job.pk) == AnalysisJob.DONE
+    assert services.job_run(job.pk) == AnalysisJob.DONE
     result = AnalysisResult.objects.get(job=job)
     assert result.seg_sop_instance_uid and not result.sr_sop_instance_uid  # no numbers, no report
     assert any("could not be made (FloatingPointError" in f for f in result.measurements["flags"])

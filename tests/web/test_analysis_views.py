@@ -26,7 +26,7 @@ def logged_in(db):
 def analysed(config, samples):
     instance = instance_store(samples["cine_30"].read_bytes()).instance
     job = AnalysisJob.objects.get(instance=instance)
-    services.run_job(job.pk)
+    services.job_run(job.pk)
     return instance, job
 
 

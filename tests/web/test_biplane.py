@@ -42,10 +42,10 @@ def test_view_codes_are_read_by_code_or_meaning():
 
 def test_both_apical_views_give_biplane_volumes_on_the_study(config, samples):
     four = instance_store(labelled_copy(samples["cine_30"], "399214001", "Apical four chamber")).instance
-    services.run_job(AnalysisJob.objects.get(instance=four).pk)
+    services.job_run(AnalysisJob.objects.get(instance=four).pk)
     assert not StudyMeasurement.objects.exists()  # one view alone: no biplane
     two = instance_store(labelled_copy(samples["cine_30"], "399232001", "Apical two chamber")).instance
-    services.run_job(AnalysisJob.objects.get(instance=two).pk)
+    services.job_run(AnalysisJob.objects.get(instance=two).pk)
     (measurement,) = StudyMeasurement.objects.all()
     assert measurement.four_chamber.instance == four and measurement.two_chamber.instance == two
     single = four.analysis_results.get().measurements

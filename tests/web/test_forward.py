@@ -35,7 +35,7 @@ def receiver():
 
 def analysed(samples):
     instance = instance_store(samples["cine_30"].read_bytes()).instance
-    services.run_job(AnalysisJob.objects.get(instance=instance).pk)
+    services.job_run(AnalysisJob.objects.get(instance=instance).pk)
     return instance
 
 
@@ -48,7 +48,7 @@ def test_results_are_sent_to_peers_that_receive_them(config, samples, receiver):
     forwards = list(ResultForward.objects.all())
     assert sorted(f.what for f in forwards) == ["SEG", "SR"] and {f.peer.ae_title for f in forwards} == {"PACS"}
     for forward in forwards:  # what the worker does with the queued tasks
-        assert services.run_forward(forward.pk) == ResultForward.SENT
+        assert services.forward_run(forward.pk) == ResultForward.SENT
     assert sorted(received) == sorted([SegmentationStorage, Comprehensive3DSRStorage])
     result = instance.analysis_results.get()
     assert {f["status"] for f in services.result_summary(result)["forwards"]} == {"sent"}
@@ -63,7 +63,7 @@ def test_a_peer_that_is_down_is_retried_with_back_off_then_marked_failed(config,
     delays = []
     for attempt in range(1, services.FORWARD_ATTEMPTS + 1):
         before = timezone.now()
-        status = services.run_forward(forward.pk)
+        status = services.forward_run(forward.pk)
         forward.refresh_from_db()
         assert forward.attempts == attempt and forward.last_error.startswith("cannot connect to DOWN at 127.0.0.1")
         if attempt < services.FORWARD_ATTEMPTS:
@@ -74,5 +74,5 @@ def test_a_peer_that_is_down_is_retried_with_back_off_then_marked_failed(config,
             assert later is not None and later.run_after >= forward.next_attempt_at - timezone.timedelta(seconds=1)
     assert status == ResultForward.FAILED and forward.next_attempt_at is None
     assert delays == [10, 20, 40, 80, 160]
-    assert services.run_forward(forward.pk) == ResultForward.FAILED  # a stale task does nothing more
+    assert services.forward_run(forward.pk) == ResultForward.FAILED  # a stale task does nothing more
     assert ResultForward.objects.get(pk=forward.pk).attempts == services.FORWARD_ATTEMPTS

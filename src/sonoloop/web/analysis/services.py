@@ -3,9 +3,9 @@
 The archive signals every indexed instance inside its index transaction; this module
 records a job for it (queued, or skipped with the reason) and enqueues the task in that
 same transaction, so an acknowledged image is never left without its job. A worker runs
-the job (``run_job``): every frame through the active model, the label maps kept, a DICOM
+the job (``job_run``): every frame through the active model, the label maps kept, a DICOM
 Segmentation and the measurements stored, a new result version recorded. A worker that
-dies leaves its job ``running`` with a stale heartbeat; ``requeue_stale_jobs`` (run by
+dies leaves its job ``running`` with a stale heartbeat; ``jobs_requeue_stale`` (run by
 every ``sonoloop worker``) puts it back in the queue.
 """
 
@@ -64,10 +64,10 @@ def skip_reason(instance: Instance) -> str | None:
 
 def on_instance_indexed(sender, instance: Instance, created: bool, **kwargs) -> None:
     if settings.CONFIG.auto_analysis:
-        create_job(instance)
+        job_create(instance)
 
 
-def create_job(instance: Instance, retry_of: AnalysisJob | None = None) -> AnalysisJob:
+def job_create(instance: Instance, retry_of: AnalysisJob | None = None) -> AnalysisJob:
     """A job for ``instance``: skipped (with the reason) or queued, its task enqueued in the
     caller's transaction."""
     reason = skip_reason(instance)
@@ -91,7 +91,7 @@ class RetryError(ValueError):
     pass
 
 
-def retry_job(job: AnalysisJob) -> AnalysisJob:
+def job_retry(job: AnalysisJob) -> AnalysisJob:
     """Run the model on the job's instance again, as a new job (a new result version when it
     succeeds); the old job and its result stay as they are."""
     job.refresh_from_db()
@@ -100,10 +100,10 @@ def retry_job(job: AnalysisJob) -> AnalysisJob:
     if job.status == AnalysisJob.SKIPPED:
         raise RetryError(f"job {job.pk} was skipped ({job.reason}); running it again would skip it again")
     with transaction.atomic():
-        return create_job(job.instance, retry_of=job)
+        return job_create(job.instance, retry_of=job)
 
 
-def requeue_stale_jobs(stale_seconds: int | None = None) -> list[AnalysisJob]:
+def jobs_requeue_stale(stale_seconds: int | None = None) -> list[AnalysisJob]:
     """Running jobs whose worker has gone silent: back in the queue (a new attempt), or failed
     after MAX_ATTEMPTS lost workers. Returns the jobs changed."""
     stale_seconds = stale_seconds or settings.CONFIG.job_stale_seconds
@@ -199,7 +199,7 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_job(job_id: int) -> str:
+def job_run(job_id: int) -> str:
     """Run one queued job to the end (done or failed); returns its final status."""
     with transaction.atomic():
         job = AnalysisJob.objects.select_for_update().filter(pk=job_id).first()
@@ -336,9 +336,9 @@ def _analyse(job: AnalysisJob) -> None:
                     job=job, instance=instance, version=version, model_name=model.name,
                     model_version=model.version, labels_key=labels_key, classes=model.classes,
                     seg_sop_instance_uid=seg_uid, sr_sop_instance_uid=sr_uid, measurements=measurements)
-                queue_forwards(result)
+                forwards_queue(result)
                 if measurements.get("view") in ("A4C", "A2C"):
-                    update_biplane(result)
+                    biplane_update(result)
                 AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.DONE, finished_at=timezone.now(),
                                                              frames_done=len(labels), heartbeat_at=timezone.now(),
                                                              reason="")
@@ -386,7 +386,7 @@ def measure(labels: np.ndarray, classes: list[str], header) -> dict:
     return result
 
 
-def update_biplane(result: AnalysisResult) -> StudyMeasurement | None:
+def biplane_update(result: AnalysisResult) -> StudyMeasurement | None:
     """When the study has a result for the other apical view too, the biplane volumes from the
     latest result of each (different instances); None when it has not, or a value is missing."""
     from sonoloop.echo.measure import Calibration, biplane_volumes
@@ -404,7 +404,7 @@ def update_biplane(result: AnalysisResult) -> StudyMeasurement | None:
         m = r.measurements
         if m.get("ed_frame") is None:
             return None
-        labels = load_labels(r)
+        labels = result_labels(r)
         phases.append(((labels[m["ed_frame"]], labels[m["es_frame"]]), Calibration(**m["calibration"])))
     try:
         values = biplane_volumes(phases[0][0], phases[1][0], four.classes, phases[0][1], phases[1][1])
@@ -419,7 +419,7 @@ FORWARD_ATTEMPTS = 6
 FORWARD_FIRST_DELAY = 10.0  # seconds; doubled after each failure (10, 20, 40, 80, 160)
 
 
-def queue_forwards(result: AnalysisResult) -> list[ResultForward]:
+def forwards_queue(result: AnalysisResult) -> list[ResultForward]:
     """The result's SEG and SR to every peer that receives results, each as its own task."""
     from sonoloop.web.archive.models import DicomPeer
 
@@ -440,7 +440,7 @@ def _enqueue_forward(forward: ResultForward, run_after=None) -> None:
     task.enqueue(forward.pk)
 
 
-def run_forward(forward_id: int) -> str:
+def forward_run(forward_id: int) -> str:
     """Send one result object; on failure try again later, FORWARD_ATTEMPTS times in all."""
     from sonoloop.dicom.send import Peer, SendError, send_file
     from sonoloop.web.archive.services import instance_path
@@ -489,7 +489,7 @@ def forward_summary(forward: ResultForward) -> dict:
     }
 
 
-def load_labels(result: AnalysisResult) -> np.ndarray:
+def result_labels(result: AnalysisResult) -> np.ndarray:
     with np.load(results_store().path(result.labels_key)) as data:
         return data["labels"]
 

@@ -5,13 +5,13 @@ from django_tasks import task
 
 @task(queue_name="inference")
 def analyse_instance(job_id: int) -> str:
-    from .services import run_job
+    from .services import job_run
 
-    return run_job(job_id)
+    return job_run(job_id)
 
 
 @task(queue_name="default")
 def forward_result(forward_id: int) -> str:
-    from .services import run_forward
+    from .services import forward_run
 
-    return run_forward(forward_id)
+    return forward_run(forward_id)

@@ -61,7 +61,7 @@ def job_list(request):
 def job_retry(request, pk: int):
     job = get_object_or_404(AnalysisJob.objects.select_related("instance"), pk=pk)
     try:
-        new = services.retry_job(job)
+        new = services.job_retry(job)
     except services.RetryError as exc:
         messages.error(request, str(exc))
     else:
@@ -120,7 +120,7 @@ def api_job_retry(request, pk: int):
     if job is None:
         return JsonResponse({"error": f"there is no job {pk}"}, status=404)
     try:
-        new = services.retry_job(job)
+        new = services.job_retry(job)
     except services.RetryError as exc:
         return JsonResponse({"error": str(exc)}, status=409)
     return JsonResponse(services.job_summary(new), status=201)

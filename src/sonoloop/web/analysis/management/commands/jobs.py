@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from sonoloop.web.analysis.models import AnalysisJob
-from sonoloop.web.analysis.services import RetryError, retry_job
+from sonoloop.web.analysis.services import RetryError, job_retry
 
 
 class Command(BaseCommand):
@@ -43,7 +43,7 @@ class Command(BaseCommand):
         if job is None:
             raise CommandError(f"there is no job {options['id']}")
         try:
-            new = retry_job(job)
+            new = job_retry(job)
         except RetryError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"job {new.pk} queued for {job.instance.sop_instance_uid} (retry of job {job.pk})")

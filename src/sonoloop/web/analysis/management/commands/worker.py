@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django_tasks_db.management.commands.db_worker import Command as DbWorkerCommand
 
-from sonoloop.web.analysis.services import requeue_stale_jobs
+from sonoloop.web.analysis.services import jobs_requeue_stale
 
 log = logging.getLogger("sonoloop.analysis")
 
@@ -22,7 +22,7 @@ def _watch_lost_workers(stop: threading.Event, every: float) -> None:
     while not stop.wait(every):
         try:
             close_old_connections()
-            requeue_stale_jobs()
+            jobs_requeue_stale()
         except Exception:
             log.exception("checking for lost workers failed; trying again in %.0f s", every)
         finally:
