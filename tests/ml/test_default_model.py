@@ -9,7 +9,7 @@ from sonoloop.ml.evaluate import evaluate
 from sonoloop.ml.infer import Segmenter
 
 # Set from the model's measured scores on these eight frames (see docs/models/), with a margin.
-THRESHOLDS = {"LV endo": 0.92, "LV epi": 0.915, "LA": 0.82}
+THRESHOLDS = {"LV endo": 0.94, "LV epi": 0.94, "LA": 0.84}  # measured 0.953 / 0.952 / 0.858 (camus-unet-v2)
 
 
 def test_the_default_model_folder_is_complete_and_licensed():
