@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--engines", default="fp32,bf16,onnx,compile,compile-bf16")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--chunk", type=int, default=4, help="frames per batch for the cine loop")
+    parser.add_argument("--chunk", type=int, default=1, help="frames per network call for the cine loop")
     parser.add_argument("--chunks", default="1,2,4,8,16", help="chunk sizes swept for the auto engine")
     parser.add_argument("--camus", help="CAMUS frames folder: agreement and Dice on its validation frames too")
     parser.add_argument("--dice-bound", type=float, default=0.005)

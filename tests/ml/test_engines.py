@@ -41,15 +41,38 @@ def test_torch_compile_engine_agrees(tiny, batch):
     assert float((probabilities - _reference(tiny, batch)).abs().max()) < 1e-4
 
 
-def test_auto_is_onnx_runtime_on_the_cpu_and_bad_names_are_refused(tiny):
-    assert resolve("auto", "cpu") == "onnx"
-    assert resolve("auto", "cuda:0") == "bf16"
+def test_auto_picks_the_fastest_agreeing_engine_this_machine_has_and_refuses_bad_names(tiny, monkeypatch):
+    from sonoloop.ml import engines
+
+    if engines.cpu_has_native_bf16():
+        assert resolve("auto", "cpu") == "compile-bf16"
+        engine = build_engine("auto", tiny, 64)
+        assert isinstance(engine, TorchEngine) and engine.name == "compile-bf16"
+    else:
+        assert resolve("auto", "cpu") == "onnx"
+    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
+    assert resolve("auto", "cpu") == "onnx"  # bf16 would be emulated: fp32 ONNX Runtime instead
     assert isinstance(build_engine("auto", tiny, 64), OnnxEngine)
-    assert isinstance(build_engine("fp32", tiny, 64), TorchEngine)
+    assert resolve("auto", "cuda:0") == "bf16"
     with pytest.raises(EngineError, match="unknown inference engine 'tensorrt'"):
         build_engine("tensorrt", tiny, 64)
     with pytest.raises(EngineError, match="CPU only"):
         build_engine("onnx", tiny, 64, device="cuda")
+
+
+def test_auto_falls_back_when_an_engine_cannot_be_built(tiny, monkeypatch):
+    from sonoloop.ml import engines
+
+    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: True)
+    real_build = engines._build
+
+    def no_compiler(name, *args):
+        if name.startswith("compile"):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return real_build(name, *args)
+
+    monkeypatch.setattr(engines, "_build", no_compiler)
+    assert build_engine("auto", tiny, 64).name == "bf16"
 
 
 def test_segmenter_label_maps_are_the_same_with_onnx_and_eager(tiny, tmp_path):

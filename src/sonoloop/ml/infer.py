@@ -46,7 +46,7 @@ def keep_largest_components(labels: np.ndarray, classes: int) -> np.ndarray:
 class Segmenter:
     """A model version ready to segment frames; ``engine`` is one of ``engines.ENGINES``."""
 
-    def __init__(self, folder: Path, device: str = "cpu", chunk: int = 4, engine: str = "auto"):
+    def __init__(self, folder: Path, device: str = "cpu", chunk: int = 1, engine: str = "auto"):
         self.network, self.description = load_model(folder, device)
         self.device, self.chunk = device, chunk
         self.size = int(self.description["preprocessing"]["size"])
@@ -56,8 +56,9 @@ class Segmenter:
 
     def predict(self, frames: np.ndarray | list, box: Box | None = None, bits_stored: int | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Label maps (N, H, W) uint8 for frames (N, H, W) or (N, H, W, 3), batched in small chunks;
-        ``on_progress(done, total)`` is called after each chunk."""
+        """Label maps (N, H, W) uint8 for frames (N, H, W) or (N, H, W, 3), ``chunk`` frames per
+        network call (1 by default: on a 2-core CPU larger batches were slower per frame, see
+        benchmarks/inference.py); ``on_progress(done, total)`` is called after each chunk."""
         prepared = [prepare(frame, self.size, box, bits_stored) for frame in frames]
         out = []
         for start in range(0, len(prepared), self.chunk):
