@@ -71,7 +71,9 @@ def pipeline_seconds(path: Path, dicom_port: int, http_port: int, timeout: float
     while time.perf_counter() - stored < timeout:
         if seg_found(http_port, study_uid):
             return time.perf_counter() - stored
-        time.sleep(0.1)
+        # each QIDO request costs the web server CPU that the worker would otherwise have
+        # on 2 cores: poll twice a second (the answer is at most 0.5 s late)
+        time.sleep(0.5)
     raise TimeoutError(f"no SEG for {path.name} after {timeout} s")
 
 
@@ -82,7 +84,7 @@ def inference_seconds(path: Path, rounds: int) -> list[float]:
     from sonoloop.ml.preprocess import region_box
 
     segmenter = Segmenter(DEFAULT_MODEL)  # the engine `auto` picks, as the worker does
-    frames, header, bits = all_frames(path)
+    frames, header, bits = all_frames(path, luma=True)  # as the worker decodes
     box = region_box(header.get("SequenceOfUltrasoundRegions"), frames.shape[1], frames.shape[2])
     segmenter.predict(frames[:4], box, bits)  # warm-up
     times = []

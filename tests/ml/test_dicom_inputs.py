@@ -115,3 +115,12 @@ def test_predict_command_reads_a_real_palette_colour_ultrasound_image(tmp_path):
     assert main(["predict", str(sample_path(US_RLE_PALETTE)), "--out", str(tmp_path)]) == 0
     mask = np.asarray(Image.open(tmp_path / "mask-0001.png"))
     assert mask.shape == frames.shape[1:3]
+
+
+def test_ybr_frames_decoded_as_luma_segment_like_their_rgb(cine, segmenter):
+    luma, _, bits = all_frames(sample_path(ECHO_CINE_JPEG), luma=True)
+    assert luma.shape == (120, 480, 640) and luma.dtype == np.uint8 and bits == 8
+    from_luma = segmenter.predict(luma[FRAMES], bits_stored=8)
+    from_rgb = segmenter.predict(cine, bits_stored=8)
+    for label in (1, 2, 3):  # the Y plane is BT.601 luma up to rounding (see the test above)
+        assert _dice(from_luma, from_rgb, label) > 0.97

@@ -174,3 +174,12 @@ def test_fine_tuning_starts_from_the_parent_and_records_it(camus_dir, tmp_path):
     assert torch.allclose(load_model(child)[0](x), load_model(parent)[0](x), atol=1e-4)
     assert main(["train", "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "nothing"), *args]) == 2
     assert main(["train", "--out", str(tmp_path / "y"), "--init-from", "default", *args]) == 2  # 384² U-Net ≠ tiny
+
+
+def test_the_fast_class_argmax_is_torch_argmax_ties_included():
+    from sonoloop.ml.infer import _argmax_over_classes
+
+    x = torch.rand(4, 50, 60)
+    x[2, :10] = x[1, :10]  # ties go to the first class, as torch.argmax
+    x[3, 20:30] = x[0, 20:30]
+    assert torch.equal(_argmax_over_classes(x), x.argmax(0).to(torch.uint8))

@@ -65,7 +65,7 @@ def render_png(path: Path, index: int = 0, max_size: int | None = None) -> bytes
     return out.getvalue()
 
 
-def all_frames(path: Path) -> tuple[np.ndarray, object, int]:
+def all_frames(path: Path, luma: bool = False) -> tuple[np.ndarray, object, int]:
     """Every frame decoded for analysis, the header, and the bit depth of the values.
 
     Frames are (N, H, W) or (N, H, W, 3), colour as RGB (YBR is converted by the decoder,
@@ -73,15 +73,23 @@ def all_frames(path: Path) -> tuple[np.ndarray, object, int]:
     unsigned with higher = brighter: MONOCHROME1 is inverted, signed pixels are offset.
     The depth is what full scale means for the values: 8 for colour and palette frames,
     Bits Stored for monochrome.
+
+    ``luma``: YBR frames (most colour echo, JPEG) come back as their Y plane (N, H, W) — the
+    BT.601 luma the model's grayscale is defined as — skipping the conversion to RGB, which
+    costs four times the decoding itself.
     """
     header = dcmread(path, stop_before_pixels=True)
     if header.get("Rows") is None:
         raise NoPixelData(f"{Path(path).name} has no image (SOP Class {header.get('SOPClassUID', '?')})")
-    array = pixel_array(path)
+    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
     frames = int(header.get("NumberOfFrames", 1) or 1)
+    if luma and photometric in ("YBR_FULL", "YBR_FULL_422") and int(header.get("BitsStored", 8) or 8) == 8:
+        array = pixel_array(path, as_rgb=False)
+        array = array[None] if frames == 1 else array
+        return np.ascontiguousarray(array[..., 0]), header, 8
+    array = pixel_array(path)
     if frames == 1:
         array = array[None]
-    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
     bits = int(header.get("BitsStored", 8) or 8)
     if photometric == "PALETTE COLOR":
         array = apply_color_lut(array, header)

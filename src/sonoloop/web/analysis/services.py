@@ -264,7 +264,7 @@ def _analyse(job: AnalysisJob) -> None:
     AnalysisJob.objects.filter(pk=job.pk).update(model_name=model.name, model_version=model.version)
     instance = job.instance
     try:
-        frames, header, bits = all_frames(instance_path(instance))
+        frames, header, bits = all_frames(instance_path(instance), luma=True)
     except NoPixelData as exc:
         raise AnalysisError(str(exc)) from None
     except FileNotFoundError:
