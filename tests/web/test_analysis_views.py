@@ -4,6 +4,7 @@ import json
 
 import pytest
 from django.contrib.auth.models import User
+from django.template.defaultfilters import floatformat
 from django.test import Client
 
 from sonoloop.ml.commands import DEFAULT_MODEL
@@ -38,7 +39,7 @@ def test_the_instance_page_shows_measurements_the_area_plot_and_jobs(logged_in, 
     assert "30/30 frames" in page and DEFAULT_NAME in page and "DICOM Segmentation" in page
     assert 'http-equiv="refresh"' not in page  # nothing in progress
     result = job.result
-    assert f"{result.measurements['ef']:.1f} %" in page
+    assert f"{floatformat(result.measurements['ef'], 1)} %" in page  # as the template rounds
 
 
 def test_a_queued_job_refreshes_the_page_and_a_finished_one_can_be_run_again(logged_in, config, samples):
