@@ -30,8 +30,8 @@ def test_storing_an_echo_queues_a_job_in_the_same_transaction(config, samples):
     instance = store(samples["cine_30"])
     job = AnalysisJob.objects.get(instance=instance)
     assert job.status == AnalysisJob.QUEUED
-    task = DBTaskResult.objects.get(id=job.task_id)
-    assert task.queue_name == "inference" and task.args_kwargs["args"] == [job.pk]
+    (task,) = services.job_tasks(job.pk)
+    assert task.queue_name == "inference" and task.status == "READY"
 
 
 def test_a_cine_is_segmented_stored_as_seg_and_measured(config, samples):
@@ -78,7 +78,7 @@ def test_non_echo_instances_are_skipped_with_a_reason(config, samples):
         instance = store(samples[key])
         job = AnalysisJob.objects.get(instance=instance)
         assert job.status == AnalysisJob.SKIPPED and "not an echo image" in job.reason
-        assert not job.task_id
+        assert not services.job_tasks(job.pk).exists()
     with pytest.raises(services.RetryError, match="skipped"):
         services.job_retry(job)
 
@@ -99,19 +99,21 @@ def test_broken_pixel_data_fails_with_a_reason_and_can_be_retried_as_a_new_job(c
 def test_a_job_whose_worker_was_lost_is_requeued_then_failed_after_three_losses(config, samples):
     instance = store(samples["cine_30"])
     job = AnalysisJob.objects.get(instance=instance)
-    first_task = job.task_id
+    (first_task,) = services.job_tasks(job.pk)
     long_ago = timezone.now() - timedelta(hours=1)
     for attempt in (1, 2, 3):
-        DBTaskResult.objects.filter(id=job.task_id).update(status="RUNNING")
+        services.job_tasks(job.pk).filter(status="READY").update(status="RUNNING")  # a worker took it
         AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.RUNNING, heartbeat_at=long_ago,
                                                      worker="gone:1")
         assert [j.pk for j in services.jobs_requeue_stale(60)] == [job.pk]
         job.refresh_from_db()
         if attempt < 3:
             assert job.status == AnalysisJob.QUEUED and job.attempt == attempt + 1
-            assert "worker gone:1 stopped responding" in job.reason and job.task_id != first_task
+            assert "worker gone:1 stopped responding" in job.reason
+            assert services.job_tasks(job.pk).filter(status="READY").count() == 1  # the next attempt's task
     assert job.status == AnalysisJob.FAILED and "lost 3 times" in job.reason
-    assert DBTaskResult.objects.get(id=first_task).status == "FAILED"
+    assert DBTaskResult.objects.get(id=first_task.id).status == "FAILED"
+    assert services.job_tasks(job.pk).count() == 3 and not services.job_tasks(job.pk).filter(status="RUNNING")
     fresh = AnalysisJob.objects.create(instance=instance, status=AnalysisJob.RUNNING, heartbeat_at=timezone.now())
     assert services.jobs_requeue_stale(60) == []  # a job with a recent heartbeat is left alone
     fresh.refresh_from_db()

@@ -18,7 +18,6 @@ class AnalysisJob(models.Model):
     reason = models.TextField(blank=True, help_text="Why the job was skipped or failed, for a person to act on.")
     attempt = models.PositiveIntegerField(default=1, help_text="Runs of this job so far (a lost worker re-queues it).")
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
-    task_id = models.CharField(max_length=64, blank=True)
     model_name = models.CharField(max_length=128, blank=True)
     model_version = models.CharField(max_length=64, blank=True)
     frames_total = models.PositiveIntegerField(default=0)

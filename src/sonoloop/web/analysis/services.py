@@ -82,9 +82,15 @@ def job_create(instance: Instance, retry_of: AnalysisJob | None = None) -> Analy
 def _enqueue(job: AnalysisJob) -> None:
     from .tasks import analyse_instance
 
-    result = analyse_instance.enqueue(job.pk)
-    AnalysisJob.objects.filter(pk=job.pk).update(task_id=str(result.id))
-    job.task_id = str(result.id)
+    analyse_instance.enqueue(job.pk)  # its task row is found by its argument (job_tasks)
+
+
+def job_tasks(job_id: int):
+    """The task rows that run ``job_id`` (one per attempt)."""
+    from django_tasks_db.models import DBTaskResult
+
+    return DBTaskResult.objects.filter(task_path="sonoloop.web.analysis.tasks.analyse_instance",
+                                       args_kwargs={"args": [job_id], "kwargs": {}})
 
 
 class RetryError(ValueError):
@@ -115,7 +121,7 @@ def jobs_requeue_stale(stale_seconds: int | None = None) -> list[AnalysisJob]:
             current = AnalysisJob.objects.select_for_update().get(pk=job.pk)
             if current.status != AnalysisJob.RUNNING or current.heartbeat_at >= cutoff:
                 continue
-            _abandon_task(current.task_id, now)
+            _abandon_tasks(current.pk, now)
             lost = f"worker {current.worker or '?'} stopped responding (last sign {current.heartbeat_at:%H:%M:%S} UTC)"
             if current.attempt >= MAX_ATTEMPTS:
                 current.status = AnalysisJob.FAILED
@@ -135,14 +141,11 @@ def jobs_requeue_stale(stale_seconds: int | None = None) -> list[AnalysisJob]:
     return changed
 
 
-def _abandon_task(task_id: str, now) -> None:
+def _abandon_tasks(job_id: int, now) -> None:
     """The lost run's task row would say "running" for ever: mark it failed."""
-    if not task_id:
-        return
     from django_tasks.base import TaskResultStatus
-    from django_tasks_db.models import DBTaskResult
 
-    DBTaskResult.objects.filter(id=task_id, status=TaskResultStatus.RUNNING).update(
+    job_tasks(job_id).filter(status=TaskResultStatus.RUNNING).update(
         status=TaskResultStatus.FAILED, finished_at=now,
         exception_class_path="sonoloop.web.analysis.WorkerLost", traceback="the worker stopped responding")
 
