@@ -160,3 +160,14 @@ def test_a_measurement_that_breaks_keeps_the_segmentation_and_says_so(config, sa
     assert result.seg_sop_instance_uid and not result.sr_sop_instance_uid  # no numbers, no report
     assert any("could not be made (FloatingPointError" in f for f in result.measurements["flags"])
     assert result.measurements["ef"] is None
+
+
+def test_a_model_that_cannot_be_loaded_fails_the_job_with_the_reason(config, samples, tmp_path):
+    config(model=str(tmp_path / "no-such-model"))
+    services._model = None
+    instance = store(samples["cine_30"])
+    job = AnalysisJob.objects.get(instance=instance)
+    assert services.job_run(job.pk) == AnalysisJob.FAILED
+    job.refresh_from_db()
+    assert job.reason.startswith("the model cannot be loaded:") and "model.json is missing" in job.reason
+    assert instance.analysis_results.count() == 0 and Instance.objects.filter(pk=instance.pk).exists()
