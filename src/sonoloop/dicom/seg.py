@@ -68,7 +68,7 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
-def _segment_item(number: int, name: str, algorithm: Algorithm) -> Dataset:
+def _segment_item(number: int, name: str, algorithm: Algorithm | None) -> Dataset:
     value, scheme, meaning, label = STRUCTURE_CODES.get(name, (None, None, None, name))
     item = Dataset()
     item.SegmentNumber = number
@@ -76,13 +76,16 @@ def _segment_item(number: int, name: str, algorithm: Algorithm) -> Dataset:
     item.SegmentDescription = name[:64]
     item.SegmentedPropertyCategoryCodeSequence = [_code(*ANATOMICAL_STRUCTURE)]
     item.SegmentedPropertyTypeCodeSequence = [_code(value, scheme, meaning) if value else _code(*ANATOMICAL_STRUCTURE)]
-    item.SegmentAlgorithmType = "AUTOMATIC"
-    item.SegmentAlgorithmName = algorithm.name[:64]
-    identification = Dataset()
-    identification.AlgorithmFamilyCodeSequence = [_code(*AI_FAMILY)]
-    identification.AlgorithmName = algorithm.name[:64]
-    identification.AlgorithmVersion = algorithm.version[:64]
-    item.SegmentationAlgorithmIdentificationSequence = [identification]
+    if algorithm is None:
+        item.SegmentAlgorithmType = "MANUAL"
+    else:
+        item.SegmentAlgorithmType = "AUTOMATIC"
+        item.SegmentAlgorithmName = algorithm.name[:64]
+        identification = Dataset()
+        identification.AlgorithmFamilyCodeSequence = [_code(*AI_FAMILY)]
+        identification.AlgorithmName = algorithm.name[:64]
+        identification.AlgorithmVersion = algorithm.version[:64]
+        item.SegmentationAlgorithmIdentificationSequence = [identification]
     if name in DISPLAY_RGB:
         item.RecommendedDisplayCIELabValue = dicom_cielab(DISPLAY_RGB[name])
     return item
@@ -107,23 +110,30 @@ def _copy(source: Dataset, target: Dataset, keywords: tuple[str, ...], required_
             setattr(target, keyword, None)
 
 
-def build_segmentation(source: Dataset, labels: np.ndarray, classes: list[str], algorithm: Algorithm, *,
+def build_segmentation(source: Dataset, labels: np.ndarray, classes: list[str], algorithm: Algorithm | None, *,
                        series_number: int = 900, instance_number: int = 1, device: Device = Device(),
                        series_uid: str | None = None, sop_instance_uid: str | None = None,
-                       description: str | None = None) -> Dataset:
+                       description: str | None = None, frame_numbers: list[int] | None = None,
+                       creator: str | None = None) -> Dataset:
     """A Segmentation instance for ``source`` (its header is enough) from label maps.
 
     ``labels`` is (N, H, W) with N = the source's Number of Frames (1 for a single frame),
-    values indexing ``classes`` (0 = background, not a segment).
+    values indexing ``classes`` (0 = background, not a segment) — or, with
+    ``frame_numbers`` (1-based source frames, ascending), one label map per listed frame.
+    ``algorithm`` None makes a MANUAL segmentation whose Content Creator is ``creator``.
     """
     labels = np.asarray(labels)
-    frames = int(source.get("NumberOfFrames", 1) or 1)
+    source_frames = int(source.get("NumberOfFrames", 1) or 1)
     if labels.ndim == 2:
         labels = labels[None]
+    numbers = list(frame_numbers) if frame_numbers is not None else list(range(1, source_frames + 1))
+    if numbers != sorted(set(numbers)) or not numbers or numbers[0] < 1 or numbers[-1] > source_frames:
+        raise SegmentationError(f"frame numbers must be ascending, unique and within 1–{source_frames}")
+    frames = len(numbers)
     rows, columns = int(source.Rows), int(source.Columns)
     if labels.ndim != 3 or labels.shape != (frames, rows, columns):
-        raise SegmentationError(f"labels of shape {labels.shape} do not fit the source's {frames} frame(s) of "
-                                f"{rows}×{columns}")
+        raise SegmentationError(f"labels of shape {labels.shape} do not fit {frames} frame(s) of "
+                                f"{rows}×{columns} of the source")
     if labels.size and int(labels.max()) >= len(classes):
         raise SegmentationError(f"label {int(labels.max())} has no class (classes: {', '.join(classes)})")
     present = [c for c in range(1, len(classes)) if np.any(labels == c)]
@@ -155,7 +165,8 @@ def build_segmentation(source: Dataset, labels: np.ndarray, classes: list[str], 
     ds.Modality = "SEG"
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SeriesNumber = series_number
-    ds.SeriesDescription = (description or f"AI segmentation ({algorithm.name} {algorithm.version})")[:64]
+    made_by = f"{algorithm.name} {algorithm.version}" if algorithm else f"manual, {creator or 'unknown'}"
+    ds.SeriesDescription = (description or f"{'AI' if algorithm else 'Expert'} segmentation ({made_by})")[:64]
     ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
 
     # General Equipment + Enhanced General Equipment
@@ -170,8 +181,8 @@ def build_segmentation(source: Dataset, labels: np.ndarray, classes: list[str], 
     ds.PatientOrientation = source.get("PatientOrientation", None) or None
     ds.ImageType = ["DERIVED", "PRIMARY"]
     ds.ContentLabel = "SEGMENTATION"
-    ds.ContentDescription = f"{algorithm.name} {algorithm.version}"[:64]
-    ds.ContentCreatorName = None
+    ds.ContentDescription = made_by[:64]
+    ds.ContentCreatorName = (creator or None) if algorithm is None else None
     ds.SegmentationType = "BINARY"
     ds.SegmentsOverlap = "NO"
     ds.SegmentSequence = [_segment_item(n, classes[c], algorithm) for n, c in enumerate(present, start=1)]
@@ -197,7 +208,7 @@ def build_segmentation(source: Dataset, labels: np.ndarray, classes: list[str], 
     ds.DimensionOrganizationSequence = [Dataset()]
     ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = organisation
     dimensions = [(0x0062000B, 0x0062000A, "Referenced Segment Number")]
-    if frames > 1:
+    if source_frames > 1:
         dimensions.append((0x00209128, 0x00209111, "Temporal Position Index"))
     ds.DimensionIndexSequence = []
     for pointer, group, label in dimensions:
@@ -212,11 +223,11 @@ def build_segmentation(source: Dataset, labels: np.ndarray, classes: list[str], 
     ds.SharedFunctionalGroupsSequence = [Dataset()]
     per_frame = []
     for segment_number in range(1, len(present) + 1):
-        for n in range(1, frames + 1):
+        for n in numbers:
             reference = Dataset()
             reference.ReferencedSOPClassUID = source.SOPClassUID
             reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-            if frames > 1:
+            if source_frames > 1:
                 reference.ReferencedFrameNumber = n
             reference.PurposeOfReferenceCodeSequence = [_code(*SOURCE_FOR_PROCESSING)]
             reference.SpatialLocationsPreserved = "YES"
@@ -224,8 +235,8 @@ def build_segmentation(source: Dataset, labels: np.ndarray, classes: list[str], 
             derivation.DerivationCodeSequence = [_code(*DERIVATION_SEGMENTATION)]
             derivation.SourceImageSequence = [reference]
             content = Dataset()
-            content.DimensionIndexValues = [segment_number, n] if frames > 1 else [segment_number]
-            if frames > 1:
+            content.DimensionIndexValues = [segment_number, n] if source_frames > 1 else [segment_number]
+            if source_frames > 1:
                 content.TemporalPositionIndex = n
             identification = Dataset()
             identification.ReferencedSegmentNumber = segment_number

@@ -22,6 +22,7 @@ INSTALLED_APPS = [
     "sonoloop.web.accounts",
     "sonoloop.web.archive",
     "sonoloop.web.analysis",
+    "sonoloop.web.annotations",
 ]
 
 MIDDLEWARE = [

@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("dicomweb/", include("sonoloop.web.archive.dicomweb_urls")),
     path("", include("sonoloop.web.analysis.urls")),
+    path("", include("sonoloop.web.annotations.urls")),
     path("", include("sonoloop.web.archive.urls")),
 ]
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from .models import ApiToken, hash_token
+from .roles import has_role
 
 
 def _from_header(request):
@@ -40,11 +41,14 @@ def _csrf_failure(request):
     return reason
 
 
-def api_login_required(view):
-    """Session users (with CSRF on unsafe methods), or Basic / Token users (no CSRF).
+def api_login_required(view=None, *, role: str = "viewer"):
+    """Session users (with CSRF on unsafe methods), or Basic / Token users (no CSRF), with ``role``.
 
-    Unauthenticated requests get a 401 JSON message with a Basic challenge.
+    Unauthenticated requests get a 401 JSON message with a Basic challenge; users without
+    the role a 403 saying which role it takes.
     """
+    if view is None:
+        return lambda v: api_login_required(v, role=role)
 
     @csrf_exempt
     @wraps(view)
@@ -61,6 +65,8 @@ def api_login_required(view):
                     return JsonResponse({"error": "CSRF check failed; reload the page and try again"}, status=403)
         else:
             return _unauthorized("log in, or send HTTP Basic credentials or an API token")
+        if not has_role(request.user, role):
+            return JsonResponse({"error": f"this needs the {role} role; ask an administrator"}, status=403)
         return view(request, *args, **kwargs)
 
     return wrapper

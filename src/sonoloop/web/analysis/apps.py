@@ -13,10 +13,12 @@ class AnalysisConfig(AppConfig):
 
         instance_indexed.connect(services.on_instance_indexed, dispatch_uid="analysis-on-instance-indexed")
 
-        from sonoloop.web.archive.panels import INSTANCE_PANELS, STUDY_PANELS
+        from sonoloop.web.archive.panels import INSTANCE_API_SECTIONS, INSTANCE_PANELS, STUDY_PANELS
 
-        from .views import instance_panel, study_panel
+        from .views import instance_api_section, instance_panel, study_panel
 
+        if instance_api_section not in INSTANCE_API_SECTIONS:
+            INSTANCE_API_SECTIONS.append(instance_api_section)
         if instance_panel not in INSTANCE_PANELS:
             INSTANCE_PANELS.append(instance_panel)
         if study_panel not in STUDY_PANELS:

@@ -521,6 +521,7 @@ def job_summary(job: AnalysisJob) -> dict:
 
 def result_summary(result: AnalysisResult) -> dict:
     return {
+        "id": result.pk,
         "version": result.version,
         "job": result.job_id,
         "model": {"name": result.model_name, "version": result.model_version},

@@ -1,7 +1,6 @@
 """Analysis pages and JSON API. Thin: look up, call a service, render."""
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -9,6 +8,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from sonoloop.web.accounts.auth import api_login_required
+from sonoloop.web.accounts.roles import role_required
 from sonoloop.web.archive.models import Instance
 from sonoloop.web.archive.panels import Panel
 
@@ -44,7 +44,7 @@ def study_panel(request, study) -> Panel | None:
     return Panel("analysis/_study_panel.html", {"latest": latest, "v": latest.values})
 
 
-@login_required
+@role_required("viewer")
 def job_list(request):
     jobs = AnalysisJob.objects.select_related("instance", "result").order_by("-created_at", "-id")
     status = request.GET.get("status", "")
@@ -56,7 +56,7 @@ def job_list(request):
                                                       "querystring": f"status={status}" if status else ""})
 
 
-@login_required
+@role_required("admin")
 @require_POST
 def job_retry(request, pk: int):
     job = get_object_or_404(AnalysisJob.objects.select_related("instance"), pk=pk)
@@ -70,6 +70,16 @@ def job_retry(request, pk: int):
 
 
 # -- JSON API --------------------------------------------------------------------------------
+
+
+def instance_api_section(request, instance: Instance) -> dict:
+    """What GET /api/instances/<uid> says about the automatic analysis."""
+    results = [services.result_summary(r) for r in instance.analysis_results.all()]
+    return {
+        "jobs": [services.job_summary(j) for j in instance.analysis_jobs.select_related("instance", "result")],
+        "results": results,
+        "measurements": results[0]["measurements"] if results else None,
+    }
 
 
 @api_login_required
@@ -112,7 +122,7 @@ def api_job(request, pk: int):
     return JsonResponse(summary)
 
 
-@api_login_required
+@api_login_required(role="admin")
 def api_job_retry(request, pk: int):
     if request.method != "POST":
         return JsonResponse({"error": "use POST"}, status=405)

@@ -17,6 +17,7 @@ from sonoloop.dicom.instance import InvalidInstance
 from sonoloop.dicom.pixels import NoPixelData, frame_native_bytes
 from sonoloop.dicom.query import Match, Query, build_response, match_for
 from sonoloop.web.accounts.auth import api_login_required
+from sonoloop.web.accounts.roles import has_role
 
 from . import services
 from .models import Instance
@@ -272,6 +273,8 @@ def _sop_reference(uid_class: str, uid_instance: str, reason: int | None = None,
 
 
 def stow(request, study=None):
+    if not has_role(request.user, "admin"):
+        return _error(403, "storing instances (STOW-RS) needs the admin role")
     content_type = request.headers.get("Content-Type", "")
     if not content_type.startswith("multipart/related") or "application/dicom" not in content_type:
         return _error(415, 'STOW-RS accepts multipart/related; type="application/dicom"')

@@ -26,3 +26,13 @@ def instance_panels(request, instance) -> list[Panel]:
 def study_panels(request, study) -> list[Panel]:
     panels = [provider(request, study) for provider in STUDY_PANELS]
     return [p for p in panels if p is not None]
+
+# Keys other apps add to GET /api/instances/<uid>: (request, instance) -> dict merged into the answer.
+INSTANCE_API_SECTIONS: list = []
+
+
+def instance_api_sections(request, instance) -> dict:
+    extra = {}
+    for provider in INSTANCE_API_SECTIONS:
+        extra.update(provider(request, instance))
+    return extra

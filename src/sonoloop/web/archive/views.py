@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponse, JsonResponse
@@ -16,9 +15,10 @@ from django.views.decorators.http import require_http_methods
 from sonoloop.dicom.instance import InvalidInstance, sop_class_name
 from sonoloop.dicom.pixels import NoPixelData
 from sonoloop.web.accounts.auth import api_login_required
+from sonoloop.web.accounts.roles import role_required
 
 from . import services
-from .panels import instance_panels, study_panels
+from .panels import instance_api_sections, instance_panels, study_panels
 from .models import Instance, Patient, Series, Study
 
 log = logging.getLogger("sonoloop.web")
@@ -26,7 +26,7 @@ log = logging.getLogger("sonoloop.web")
 PAGE_SIZE = 25
 
 
-@login_required
+@role_required("viewer")
 def study_list(request):
     q = request.GET.get("q", "").strip()
     date_from = request.GET.get("from", "").replace("-", "").strip()
@@ -60,14 +60,14 @@ def study_list(request):
     )
 
 
-@login_required
+@role_required("viewer")
 def patient_detail(request, pk: int):
     patient = get_object_or_404(Patient, pk=pk)
     studies = patient.studies.annotate(n_series=Count("series", distinct=True), n_instances=Count("series__instances"))
     return render(request, "archive/patient_detail.html", {"patient": patient, "studies": studies})
 
 
-@login_required
+@role_required("viewer")
 def study_detail(request, study_uid: str):
     study = get_object_or_404(Study.objects.select_related("patient"), study_instance_uid=study_uid)
     series = study.series.annotate(n_instances=Count("instances"))
@@ -77,7 +77,7 @@ def study_detail(request, study_uid: str):
                                                          "panels": study_panels(request, study)})
 
 
-@login_required
+@role_required("viewer")
 def series_detail(request, series_uid: str):
     series = get_object_or_404(Series.objects.select_related("study__patient"), series_instance_uid=series_uid)
     page = Paginator(series.instances.all(), 60).get_page(request.GET.get("page"))
@@ -92,7 +92,7 @@ def _instance_or_404(sop_uid: str) -> Instance:
     return get_object_or_404(Instance.objects.select_related("series__study__patient"), sop_instance_uid=sop_uid)
 
 
-@login_required
+@role_required("viewer")
 def instance_detail(request, sop_uid: str):
     instance = _instance_or_404(sop_uid)
     try:
@@ -117,7 +117,7 @@ def instance_detail(request, sop_uid: str):
     )
 
 
-@login_required
+@role_required("viewer")
 def instance_preview(request, sop_uid: str):
     instance = _instance_or_404(sop_uid)
     try:
@@ -139,7 +139,7 @@ def instance_preview(request, sop_uid: str):
     return response
 
 
-@login_required
+@role_required("viewer")
 def instance_download(request, sop_uid: str):
     instance = _instance_or_404(sop_uid)
     response = HttpResponse(services.instance_path(instance).read_bytes(), content_type="application/dicom")
@@ -147,7 +147,7 @@ def instance_download(request, sop_uid: str):
     return response
 
 
-@login_required
+@role_required("admin")
 @require_http_methods(["GET", "POST"])
 def upload(request):
     if request.method == "GET":
@@ -178,7 +178,9 @@ def api_instance(request, sop_uid: str):
     instance = Instance.objects.select_related("series__study__patient").filter(sop_instance_uid=sop_uid).first()
     if instance is None:
         return JsonResponse({"error": f"no instance with SOP Instance UID {sop_uid}"}, status=404)
-    return JsonResponse(services.instance_summary(instance, request.build_absolute_uri("/")))
+    summary = services.instance_summary(instance, request.build_absolute_uri("/"))
+    summary.update(instance_api_sections(request, instance))
+    return JsonResponse(summary)
 
 
 @api_login_required

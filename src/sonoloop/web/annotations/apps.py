@@ -1,0 +1,17 @@
+from django.apps import AppConfig
+
+
+class AnnotationsConfig(AppConfig):
+    name = "sonoloop.web.annotations"
+    label = "annotations"
+    verbose_name = "Expert annotations"
+
+    def ready(self):
+        from sonoloop.web.archive.panels import INSTANCE_API_SECTIONS, INSTANCE_PANELS
+
+        from . import views
+
+        if views.instance_panel not in INSTANCE_PANELS:
+            INSTANCE_PANELS.append(views.instance_panel)
+        if views.instance_api_section not in INSTANCE_API_SECTIONS:
+            INSTANCE_API_SECTIONS.append(views.instance_api_section)

@@ -1,0 +1,55 @@
+"""Expert annotations of an instance: immutable versions with provenance and a review state.
+
+Each save is a new version (1, 2, … per instance) whose masks never change; only its
+review status moves (draft → submitted → approved, or back to draft), and every move is
+recorded with who and when. Only approved annotations are training data.
+"""
+
+from django.conf import settings
+from django.db import models
+
+from sonoloop.web.analysis.models import AnalysisResult
+from sonoloop.web.archive.models import Instance
+
+
+class Annotation(models.Model):
+    DRAFT, SUBMITTED, APPROVED = "draft", "submitted", "approved"
+    STATUSES = [(s, s) for s in (DRAFT, SUBMITTED, APPROVED)]
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="annotations")
+    version = models.PositiveIntegerField(help_text="1, 2, … per instance; a save never overwrites.")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
+                               help_text="The version this one was edited from.")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="annotations")
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=10, choices=STATUSES, default=DRAFT, db_index=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    started_from = models.ForeignKey(AnalysisResult, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="annotations", help_text="The AI result the editing began from.")
+    model_name = models.CharField(max_length=128, blank=True, help_text="Of the AI result it started from.")
+    model_version = models.CharField(max_length=64, blank=True)
+    frames = models.JSONField(default=list, help_text="Frame numbers (1-based) the annotation covers.")
+    document_key = models.CharField(max_length=64, help_text="The schema document (gzip JSON) in the annotations folder.")
+    agreement = models.JSONField(default=dict, help_text="Dice per structure between the AI result and this annotation.")
+    comment = models.TextField(blank=True)
+    seg_sop_instance_uid = models.CharField(max_length=64, blank=True, help_text="Set when exported as DICOM SEG.")
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [models.UniqueConstraint(fields=["instance", "version"], name="one_annotation_per_version")]
+
+    def __str__(self):
+        return f"annotation v{self.version} of {self.instance.sop_instance_uid} by {self.author}"
+
+
+class AnnotationEvent(models.Model):
+    """One change of review status (or an export), for the audit trail."""
+
+    annotation = models.ForeignKey(Annotation, on_delete=models.CASCADE, related_name="events")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    at = models.DateTimeField(auto_now_add=True)
+    action = models.CharField(max_length=16, help_text="created, submitted, approved, returned, exported")
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]

@@ -1,0 +1,236 @@
+"""Annotation services: save a version, move its review status, read masks, export a SEG."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+from functools import lru_cache
+
+import numpy as np
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from sonoloop.dicom.filestore import FileStore
+from sonoloop.web.accounts.roles import has_role
+from sonoloop.web.analysis.models import AnalysisResult
+from sonoloop.web.analysis.services import result_labels
+from sonoloop.web.archive.models import Instance
+
+from . import document
+from .document import DocumentError
+from .models import Annotation, AnnotationEvent
+
+log = logging.getLogger("sonoloop.annotations")
+
+
+class StatusError(ValueError):
+    """A status change that the annotation's state does not allow (HTTP 409)."""
+
+
+class NotAllowed(PermissionError):
+    """A change this user's role does not allow (HTTP 403)."""
+
+
+@lru_cache(maxsize=1)
+def annotations_store() -> FileStore:
+    config = settings.CONFIG
+    return FileStore(config.data_dir / "annotations", config.tmp_dir, suffix=".json.gz")
+
+
+def _frames_of(instance: Instance) -> int:
+    return int(instance.number_of_frames or 1)
+
+
+def _reference_result(instance: Instance, version: int | None) -> AnalysisResult | None:
+    """The AI result with that version (the latest without one)."""
+    if version is None:
+        return instance.analysis_results.first()
+    result = instance.analysis_results.filter(version=version).first()
+    if result is None:
+        raise DocumentError(f"started_from_result: this instance has no AI result version {version}")
+    return result
+
+
+def annotation_create(instance: Instance, user, body: dict) -> Annotation:
+    """Check ``body`` (the client's upload) and save it as the instance's next annotation version."""
+    if not instance.rows or not instance.columns:
+        raise DocumentError("this instance has no image to annotate")
+    frames, masks, extras = document.parse_upload(
+        body, rows=instance.rows, columns=instance.columns, number_of_frames=_frames_of(instance),
+        sop_instance_uid=instance.sop_instance_uid)
+    status = extras["status"] or Annotation.DRAFT
+    if status not in (Annotation.DRAFT, Annotation.SUBMITTED):
+        raise DocumentError("a new annotation is saved as draft or submitted")
+    parent = None
+    if extras["parent_version"] is not None:
+        parent = instance.annotations.filter(version=extras["parent_version"]).first()
+        if parent is None:
+            raise DocumentError(f"parent_version {extras['parent_version']} is not an annotation of this instance")
+    started = _reference_result(instance, extras["started_from_result"]) if extras["started_from_result"] else None
+    reference = started or _reference_result(instance, None)
+    agreement = _agreement(reference, frames, masks) if reference else {}
+
+    for _ in range(3):  # two saves at once: the second takes the next number
+        version = (instance.annotations.aggregate(v=Max("version"))["v"] or 0) + 1
+        now = timezone.now()
+        doc = document.build(
+            sop_instance_uid=instance.sop_instance_uid, rows=instance.rows, columns=instance.columns,
+            number_of_frames=_frames_of(instance), frames=frames, masks=masks, author=user.get_username(),
+            created=now.isoformat(), version=version, parent_version=parent.version if parent else None,
+            started_from={"result_version": started.version, "model": started.model_name,
+                          "model_version": started.model_version} if started else None)
+        key = annotations_store().put(gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), 6))
+        try:
+            with transaction.atomic():
+                annotation = Annotation.objects.create(
+                    instance=instance, version=version, parent=parent, author=user, status=status,
+                    status_changed_at=now, started_from=started,
+                    model_name=started.model_name if started else "", model_version=started.model_version if started else "",
+                    frames=frames, document_key=key, agreement=agreement, comment=extras["comment"] or "")
+                AnnotationEvent.objects.create(annotation=annotation, user=user, action="created")
+                if status == Annotation.SUBMITTED:
+                    AnnotationEvent.objects.create(annotation=annotation, user=user, action="submitted")
+        except IntegrityError:
+            annotations_store().path(key).unlink(missing_ok=True)
+            continue
+        except BaseException:
+            annotations_store().path(key).unlink(missing_ok=True)
+            raise
+        log.info("annotation v%s of %s saved by %s (%s frame(s))", version, instance.sop_instance_uid,
+                 user.get_username(), len(frames))
+        return annotation
+    raise DocumentError("another annotation of this instance was being saved at the same time; save again")
+
+
+def _agreement(result: AnalysisResult, frames: list[int], masks: np.ndarray) -> dict:
+    labels = result_labels(result)
+    if labels.shape[1:] != masks.shape[1:]:
+        return {}
+    ai = labels[np.asarray(frames) - 1]
+    scores = document.dice_per_class(ai, masks)
+    known = [v for v in scores.values() if v is not None]
+    changed = int((ai != masks).sum())
+    return {"result_version": result.version, "dice": scores,
+            "mean_dice": round(sum(known) / len(known), 4) if known else None,
+            "pixels_changed": changed, "fraction_changed": round(changed / masks.size, 6)}
+
+
+def annotation_document(annotation: Annotation) -> dict:
+    with gzip.open(annotations_store().path(annotation.document_key), "rt") as fh:
+        return json.load(fh)
+
+
+def annotation_masks(annotation: Annotation) -> tuple[list[int], np.ndarray]:
+    return document.read_masks(annotation_document(annotation))
+
+
+TRANSITIONS = {  # (from, to): (action, role)
+    (Annotation.DRAFT, Annotation.SUBMITTED): ("submitted", "annotator"),
+    (Annotation.SUBMITTED, Annotation.APPROVED): ("approved", "reviewer"),
+    (Annotation.SUBMITTED, Annotation.DRAFT): ("returned", "reviewer"),
+}
+
+
+def annotation_status_set(annotation: Annotation, user, status: str, note: str = "") -> Annotation:
+    if status not in dict(Annotation.STATUSES):
+        raise StatusError(f"status must be one of {', '.join(dict(Annotation.STATUSES))}")
+    move = TRANSITIONS.get((annotation.status, status))
+    if move is None:
+        raise StatusError(f"an annotation that is {annotation.status} cannot become {status}")
+    action, role = move
+    if not has_role(user, role):
+        raise NotAllowed(f"only a user with the {role} role can make an annotation {status}")
+    if action == "submitted" and annotation.author_id != user.pk and not has_role(user, "reviewer"):
+        raise NotAllowed("only the author or a reviewer can submit this annotation")
+    if action == "approved" and annotation.author_id == user.pk and not has_role(user, "admin"):
+        raise NotAllowed("a reviewer cannot approve their own annotation; another reviewer must")
+    with transaction.atomic():
+        moved = Annotation.objects.filter(pk=annotation.pk, status=annotation.status).update(
+            status=status, status_changed_at=timezone.now())
+        if moved != 1:
+            raise StatusError("the annotation's status changed meanwhile; reload and try again")
+        AnnotationEvent.objects.create(annotation=annotation, user=user, action=action, note=note[:2000])
+    annotation.refresh_from_db()
+    return annotation
+
+
+def annotation_export_seg(annotation: Annotation, user) -> str:
+    """Store an approved annotation as a MANUAL DICOM SEG in the archive; its SOP Instance UID."""
+    from pydicom import dcmread
+    from pydicom.filewriter import dcmwrite
+
+    from sonoloop import __version__
+    from sonoloop.dicom.seg import Device, build_segmentation
+    from sonoloop.web.archive.services import instance_path, instance_store
+
+    if not has_role(user, "reviewer"):
+        raise NotAllowed("exporting an annotation as DICOM SEG needs the reviewer role")
+    if annotation.status != Annotation.APPROVED:
+        raise StatusError("only an approved annotation is exported as DICOM SEG")
+    if annotation.seg_sop_instance_uid:
+        return annotation.seg_sop_instance_uid
+    frames, masks = annotation_masks(annotation)
+    header = dcmread(instance_path(annotation.instance), stop_before_pixels=True)
+    classes = ["background", *document.CLASSES.values()]
+    seg = build_segmentation(
+        header, masks, classes, None, frame_numbers=frames, creator=annotation.author.get_username(),
+        series_number=800 + annotation.version,
+        device=Device("Sonoloop", "Sonoloop", settings.CONFIG.ae_title, __version__),
+        description=f"Expert segmentation v{annotation.version} ({annotation.author.get_username()})")
+    out = io.BytesIO()
+    dcmwrite(out, seg, enforce_file_format=True)
+    instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title)
+    with transaction.atomic():
+        Annotation.objects.filter(pk=annotation.pk).update(seg_sop_instance_uid=seg.SOPInstanceUID)
+        AnnotationEvent.objects.create(annotation=annotation, user=user, action="exported",
+                                       note=f"DICOM SEG {seg.SOPInstanceUID}")
+    annotation.seg_sop_instance_uid = seg.SOPInstanceUID
+    return seg.SOPInstanceUID
+
+
+def approved_annotations():
+    """Training data: approved annotations only, with their instance."""
+    return Annotation.objects.filter(status=Annotation.APPROVED).select_related("instance", "author")
+
+
+def ai_masks(result: AnalysisResult) -> dict:
+    """An AI result's label maps in the annotation document's mask encoding, every frame."""
+    labels = result_labels(result)
+    return {
+        "result_version": result.version,
+        "model": {"name": result.model_name, "version": result.model_version},
+        "rows": int(labels.shape[1]),
+        "columns": int(labels.shape[2]),
+        "number_of_frames": int(labels.shape[0]),
+        "classes": {str(k): v for k, v in document.CLASSES.items()},
+        "masks": {str(i + 1): {"encoding": document.ENCODING, "counts": document.rle_encode(m)}
+                  for i, m in enumerate(labels)},
+    }
+
+
+def annotation_summary(annotation: Annotation, base_url: str = "") -> dict:
+    frames = annotation.frames
+    return {
+        "id": annotation.pk,
+        "version": annotation.version,
+        "instance": annotation.instance.sop_instance_uid,
+        "parent_version": annotation.parent.version if annotation.parent_id else None,
+        "author": annotation.author.get_username(),
+        "created_at": annotation.created_at.isoformat(),
+        "status": annotation.status,
+        "status_changed_at": annotation.status_changed_at.isoformat() if annotation.status_changed_at else None,
+        "frames": frames,
+        "frame_count": len(frames),
+        "started_from": {"result_version": annotation.started_from.version, "model": annotation.model_name,
+                         "model_version": annotation.model_version} if annotation.started_from_id else None,
+        "agreement": annotation.agreement,
+        "comment": annotation.comment,
+        "segmentation": annotation.seg_sop_instance_uid or None,
+        "history": [{"action": e.action, "user": e.user.get_username(), "at": e.at.isoformat(), "note": e.note}
+                    for e in annotation.events.select_related("user")],
+        "url": f"{base_url.rstrip('/')}/api/annotations/{annotation.pk}",
+    }
