@@ -202,7 +202,7 @@ async function setupViewports() {
   toolGroup.setToolActive(PanTool.toolName, { bindings: [{ mouseButton: MouseBindings.Auxiliary }] });
   toolGroup.setToolActive(ZoomTool.toolName, { bindings: [{ mouseButton: MouseBindings.Secondary }] });
   toolGroup.setToolActive(StackScrollTool.toolName, { bindings: [{ mouseButton: MouseBindings.Wheel }] });
-  selectTool('Brush');
+  selectTool('Brush', true);
   setBrushSize(Number($('#brush-size').value));
 
   for (const id of VIEWPORTS) {
@@ -240,7 +240,9 @@ function lockOthers(lock) {
   }
 }
 
-function selectTool(name) {
+function selectTool(name, force = false) {
+  // re-activating the active brush makes Cornerstone paint a stray dab on the next stroke
+  if (name === state.tool && !force) return;
   state.tool = name;
   const primary = [{ mouseButton: ToolEnums.MouseBindings.Primary }];
   for (const other of ['Brush', 'Eraser', WindowLevelTool.toolName]) {
@@ -408,6 +410,31 @@ function markPhases(measurements) {
       marks.appendChild(mark);
     }
   }
+}
+
+// Decode every frame once, in the background after the first is shown: cine and the
+// slider then draw from the cache instead of waiting for each frame.
+async function prefetchFrames() {
+  let loaded = 0;
+  const queue = state.imageIds.slice();
+  const began = performance.now();
+  const worker = async () => {
+    while (queue.length) {
+      const imageId = queue.shift();
+      try {
+        await imageLoader.loadAndCacheImage(imageId);
+      } catch (error) {
+        console.warn('frame not loaded', imageId, error && (error.error || error));
+      }
+      loaded += 1;
+      root.dataset.framesLoaded = String(loaded);
+      if (loaded % 10 === 0 || loaded === state.imageIds.length) {
+        $('#frames-loaded').textContent = loaded === state.imageIds.length ? '' : `loading frames ${loaded}/${state.imageIds.length}`;
+      }
+    }
+  };
+  await Promise.all([worker(), worker(), worker()]);
+  root.dataset.framesLoadedMs = String(Math.round(performance.now() - began));
 }
 
 // -- annotations ---------------------------------------------------------------------------
@@ -674,6 +701,7 @@ async function start() {
   if (wanted) await openAnnotation(wanted);
   root.dataset.readyMs = String(Math.round(performance.now()));
   setViewerState('ready');
+  if (state.imageIds.length > 1) await prefetchFrames();
 }
 
 start().catch((error) => {

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from django.contrib.auth.models import User
 from django.template.defaultfilters import floatformat
 from django.test import Client
@@ -11,6 +12,7 @@ from sonoloop.ml.commands import DEFAULT_MODEL
 from sonoloop.web.analysis import services
 from sonoloop.web.analysis.models import AnalysisJob
 from sonoloop.web.archive.services import instance_store
+from tests.web.conftest import user_with_role
 
 pytestmark = pytest.mark.django_db
 DEFAULT_NAME = json.loads((DEFAULT_MODEL / "model.json").read_text())["name"]
@@ -19,7 +21,7 @@ DEFAULT_NAME = json.loads((DEFAULT_MODEL / "model.json").read_text())["name"]
 @pytest.fixture
 def logged_in(db):
     client = Client()
-    client.force_login(User.objects.create_user("cardio", password="s3cret-pass"))
+    client.force_login(user_with_role("cardio", "admin"))
     return client
 
 

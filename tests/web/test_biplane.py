@@ -3,6 +3,7 @@
 import io
 
 import pytest
+
 from django.contrib.auth.models import User
 from django.template.defaultfilters import floatformat
 from django.test import Client
@@ -14,6 +15,7 @@ from sonoloop.dicom.views import apical_view
 from sonoloop.web.analysis import services
 from sonoloop.web.analysis.models import AnalysisJob, StudyMeasurement
 from sonoloop.web.archive.services import instance_store
+from tests.web.conftest import user_with_role
 
 pytestmark = pytest.mark.django_db
 
@@ -57,7 +59,7 @@ def test_both_apical_views_give_biplane_volumes_on_the_study(config, samples):
     assert measurement.values["units"] == "mL" and measurement.values["flags"] == []
 
     client = Client()
-    client.force_login(User.objects.create_user("cardio", password="s3cret-pass"))
+    client.force_login(user_with_role("cardio", "viewer"))
     study_uid = four.series.study.study_instance_uid
     page = client.get(f"/studies/{study_uid}/").content.decode()
     assert "biplane method of disks" in page and f"{floatformat(measurement.values['ef'], 1)} %" in page

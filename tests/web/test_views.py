@@ -2,19 +2,21 @@ import base64
 import json
 
 import pytest
+
 from django.contrib.auth.models import User
 from django.test import Client
 
 from sonoloop.web.accounts.models import ApiToken
 from sonoloop.web.archive import services
 from sonoloop.web.archive.models import Instance
+from tests.web.conftest import user_with_role
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def user(db):
-    return User.objects.create_user("cardio", password="s3cret-pass")
+    return user_with_role("cardio", "admin")
 
 
 @pytest.fixture

@@ -132,8 +132,9 @@ def build_segmentation(source: Dataset, labels: np.ndarray, classes: list[str], 
     frames = len(numbers)
     rows, columns = int(source.Rows), int(source.Columns)
     if labels.ndim != 3 or labels.shape != (frames, rows, columns):
-        raise SegmentationError(f"labels of shape {labels.shape} do not fit {frames} frame(s) of "
-                                f"{rows}×{columns} of the source")
+        which = "the source's" if frame_numbers is None else "the listed"
+        raise SegmentationError(f"labels of shape {labels.shape} do not fit {which} {frames} frame(s) of "
+                                f"{rows}×{columns}")
     if labels.size and int(labels.max()) >= len(classes):
         raise SegmentationError(f"label {int(labels.max())} has no class (classes: {', '.join(classes)})")
     present = [c for c in range(1, len(classes)) if np.any(labels == c)]

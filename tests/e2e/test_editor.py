@@ -1,0 +1,241 @@
+"""The segmentation editor in headless Debian chromium, on the real 120-frame echo cine
+segmented by the shipped model: drawn overlay, brush / per-structure eraser / undo, save,
+reload, the stored masks checked through the API; cine; roles."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from pydicom import dcmread
+
+from sonoloop.web.annotations.document import rle_decode
+from tests.conftest import ADMIN_PASSWORD, make_server, require_tools, sonoloop_bin
+from tests.e2e.test_browser import CHROMIUM_ARGS
+from tests.e2e.test_pipeline import send, wait_for_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+AUTH = ("admin", ADMIN_PASSWORD)
+BRUSH = 10  # screen pixels
+READY = "document.querySelector('#sonoloop-editor').dataset.viewerState"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    require_tools("chromium", "storescu")
+    # eager bf16: no compile warm-up in this test; the engine does not matter to the editor
+    srv = make_server(tmp_path_factory.mktemp("editor"), SONOLOOP_AUTO_ANALYSIS="1",
+                      SONOLOOP_INFERENCE_ENGINE="bf16").start()
+    yield srv
+    assert srv.stop() == 0, srv.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def cine(server, samples):
+    send(server, samples["cine_jpeg"], "-xy")
+    uid = dcmread(samples["cine_jpeg"], stop_before_pixels=True).SOPInstanceUID
+    analysis = wait_for_job(server, uid, timeout=600)
+    assert analysis["jobs"][0]["status"] == "done", analysis
+    return uid
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+def log_in(browser, server, username, password):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{server.url}/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/studies/")
+    return page, errors
+
+
+def open_editor(page, server, uid) -> float:
+    began = time.monotonic()
+    page.goto(f"{server.url}/instances/{uid}/editor/")
+    page.wait_for_function(f"['ready', 'error'].includes({READY})", timeout=60_000)
+    elapsed = time.monotonic() - began
+    state = page.get_attribute("#sonoloop-editor", "data-viewer-state")
+    assert state == "ready", page.inner_text("#viewer-message")
+    return elapsed
+
+
+def colour_counts(png: bytes) -> dict[str, int]:
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return {
+        "LV": int(((r > 120) & (r > g + 50) & (r > b + 50)).sum()),
+        "MYO": int(((g > 100) & (g > r + 40) & (g > b + 40)).sum()),
+        "LA": int(((b > 120) & (b > r + 40) & (b > g + 20)).sum()),
+        "image": int(((r > 40) & (abs(r - g) < 12) & (abs(g - b) < 12)).sum()),
+    }
+
+
+def ai_frame(server, uid, frame, rows, columns) -> np.ndarray:
+    masks = requests.get(f"{server.url}/api/instances/{uid}/results/1/masks", auth=AUTH, timeout=60).json()
+    return rle_decode(masks["masks"][str(frame)]["counts"], rows, columns, {1, 2, 3})
+
+
+def tube(shape, start, end, radius) -> np.ndarray:
+    """Pixels within ``radius`` of the segment start→end (image x, y)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]] + 0.5
+    (x0, y0), (x1, y1) = start, end
+    dx, dy = x1 - x0, y1 - y0
+    t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
+    return np.hypot(xx - (x0 + t * dx), yy - (y0 + t * dy)) <= radius
+
+
+def save_difference(path, ai, stored):
+    """For a person looking at a failure: AI labels dimmed, changed pixels yellow, erased ones magenta."""
+    picture = np.array([[0, 0, 0], [120, 30, 30], [30, 100, 30], [30, 30, 120]], np.uint8)[ai]
+    picture[stored != ai] = (255, 255, 0)
+    picture[(stored != ai) & (stored == 0)] = (255, 0, 255)
+    Image.fromarray(picture).save(path)
+    print(f"difference picture: {path}")
+
+
+def drag(page, selector, columns, start, end):
+    """A stroke from ``start`` to ``end`` (image x, y) like a hand makes one: glide in, press, move, release."""
+    box = page.locator(selector).bounding_box()  # after any scrolling the clicks caused
+    scale = box["width"] / columns  # the 4:3 viewport shows the whole 4:3 image
+    to_page = lambda p: (box["x"] + p[0] * scale, box["y"] + p[1] * scale)  # noqa: E731
+    page.mouse.move(*to_page(start), steps=6)
+    page.wait_for_timeout(50)  # the brush cursor follows the pointer before the press
+    page.mouse.down()
+    for t in np.linspace(0, 1, 12)[1:]:
+        page.mouse.move(*to_page((start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1]))))
+    page.mouse.up()
+
+
+def test_paint_erase_undo_save_reload_and_the_stored_masks_differ_exactly_where_the_strokes_went(
+        server, cine, browser, tmp_path):
+    info = requests.get(f"{server.url}/api/instances/{cine}", auth=AUTH, timeout=30).json()
+    rows, columns = info["rows"], info["columns"]
+    page, errors = log_in(browser, server, "admin", ADMIN_PASSWORD)
+    ready_seconds = open_editor(page, server, cine)
+    print(f"\neditor ready for the 120-frame cine: {ready_seconds:.2f} s "
+          f"(page's own clock: {page.get_attribute('#sonoloop-editor', 'data-ready-ms')} ms)")
+
+    # the image and all three structures are drawn
+    page.wait_for_timeout(300)
+    overlay = colour_counts(page.locator("#viewport-overlay").screenshot())
+    original = colour_counts(page.locator("#viewport-original").screenshot())
+    assert min(overlay["LV"], overlay["MYO"], overlay["LA"]) > 200, overlay
+    assert original["image"] > 2000 and original["LV"] < overlay["LV"], original  # outlines only on the left
+    page.screenshot(path=str(tmp_path / "editor-ready.png"))
+
+    # keyboard stepping to frame 5
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    assert page.get_attribute("#sonoloop-editor", "data-frame") == "5"
+
+    ai = ai_frame(server, cine, 5, rows, columns)
+    lv_y, lv_x = [float(v.mean()) for v in np.nonzero(ai == 1)]
+    page.evaluate(f"document.querySelector('#brush-size').value = '{BRUSH}';"
+                  "document.querySelector('#brush-size').dispatchEvent(new Event('input'))")
+
+    brush = ((lv_x, lv_y), (lv_x - 70, lv_y))  # LV painted leftwards across MYO into the background
+    erase_undone = ((lv_x + 10, lv_y), (lv_x + 80, lv_y))  # MYO erased on the right, then undone
+    erase_kept = ((lv_x, lv_y - 25), (lv_x, lv_y - 110))  # MYO erased towards the apex
+    page.keyboard.press("1")  # LV
+    page.keyboard.press("b")  # brush
+    assert page.get_attribute("#sonoloop-editor", "data-tool") == "Brush"
+    drag(page, "#viewport-overlay", columns, *brush)
+    page.keyboard.press("2")  # MYO
+    page.keyboard.press("e")  # eraser
+    assert page.is_checked("input[name=structure][value='2']")
+    drag(page, "#viewport-overlay", columns, *erase_undone)
+    page.keyboard.press("Control+z")
+    drag(page, "#viewport-overlay", columns, *erase_kept)
+
+    page.click("#save")
+    page.wait_for_function("document.querySelector('#sonoloop-editor').dataset.savedVersion === '1'", timeout=30_000)
+    assert "Saved annotation v1" in page.inner_text("#editor-status")
+
+    page.reload()
+    page.wait_for_function(f"{READY} === 'ready'", timeout=60_000)
+    assert page.locator("#annotation-list tbody tr[data-version='1']").count() == 1
+    assert "draft" in page.inner_text("#annotation-list tbody tr[data-version='1']")
+    assert not errors, errors
+
+    summary = requests.get(f"{server.url}/api/instances/{cine}/annotations", auth=AUTH, timeout=30).json()
+    annotation = summary["annotations"][0]
+    assert annotation["frames"] == [5] and annotation["author"] == "admin"
+    assert annotation["started_from"]["result_version"] == 1
+    document = requests.get(annotation["url"], auth=AUTH, timeout=30).json()["document"]
+    stored = rle_decode(document["masks"]["5"]["counts"], rows, columns, {1, 2, 3})
+    changed = stored != ai
+    save_difference(tmp_path / "difference.png", ai, stored)
+
+    scale = page.locator("#viewport-overlay").bounding_box()["width"] / columns
+    slack = BRUSH / 2 / scale + 4  # the brush radius (its size is a diameter on screen) plus rounding
+    near_brush, near_erase = tube(ai.shape, *brush, slack), tube(ai.shape, *erase_kept, slack)
+    off = changed & ~(near_brush | near_erase)
+    assert changed.any() and not off.any(), f"{off.sum()} pixels changed off the strokes, at {np.argwhere(off)[:5]}"
+    core_brush = tube(ai.shape, *brush, 2)
+    assert (stored[core_brush] == 1).all(), "the brush stroke did not paint LV along its path"
+    assert ((ai == 2) & core_brush).any() and ((ai == 0) & core_brush).any()  # it crossed MYO and background
+    erased = changed & near_erase & ~near_brush
+    assert erased.any() and (ai[erased] == 2).all() and (stored[erased] == 0).all(), "the eraser took more than MYO"
+    assert not (tube(ai.shape, *erase_kept, 2) & (stored == 2)).any(), "MYO left on the eraser's path"
+    undone = tube(ai.shape, *erase_undone, slack) & ~near_brush
+    assert (ai[undone] == 2).sum() > 50 and (stored[undone] == ai[undone]).all(), "the undone stroke was kept"
+    agreement = annotation["agreement"]["dice"]
+    assert 0.5 < agreement["LV"] < 1 and 0.5 < agreement["MYO"] < 1 and agreement["LA"] == 1.0
+    page.close()
+
+
+def test_cine_plays_at_the_files_frame_rate(server, cine, browser, samples):
+    frame_time = float(dcmread(samples["cine_jpeg"], stop_before_pixels=True).get("FrameTime", 0) or 0)
+    page, errors = log_in(browser, server, "admin", ADMIN_PASSWORD)
+    open_editor(page, server, cine)
+    expected_fps = round(1000 / frame_time) if frame_time else 30
+    assert int(page.input_value("#fps")) == expected_fps
+    first = int(page.get_attribute("#sonoloop-editor", "data-frame"))
+    page.click("#play")
+    page.wait_for_function("Number(document.querySelector('#sonoloop-editor').dataset.playbackFps || 0) > 0",
+                           timeout=10_000)
+    page.wait_for_timeout(3000)
+    fps = float(page.get_attribute("#sonoloop-editor", "data-playback-fps"))
+    now = int(page.get_attribute("#sonoloop-editor", "data-frame"))
+    page.click("#play")
+    print(f"\ncine playback: {fps:.1f} frames drawn per second (file: {expected_fps} fps)")
+    assert now != first and fps > 0
+    assert not errors, errors
+    page.close()
+
+
+def test_a_viewer_sees_the_editor_but_cannot_save(server, cine, browser):
+    subprocess.run([sonoloop_bin(), "manage", "roles", "grant", "vic", "viewer", "--create"], env=server.env,
+                   input="viewer-pass-1\n", text=True, check=True, capture_output=True)
+    page, _ = log_in(browser, server, "vic", "viewer-pass-1")
+    open_editor(page, server, cine)
+    assert page.locator("#save").is_disabled()
+    status = page.evaluate("""async () => {
+        const config = JSON.parse(document.getElementById('editor-config').textContent);
+        const r = await fetch(config.annotations_api, {method: 'POST', credentials: 'same-origin',
+            headers: {'Content-Type': 'application/json', 'X-CSRFToken': config.csrf_token},
+            body: JSON.stringify({schema_version: 1, frames: [1], masks: {}})});
+        return [r.status, (await r.json()).error];
+    }""")
+    assert status[0] == 403 and "annotator role" in status[1]
+    response = requests.post(f"{server.url}/api/instances/{cine}/annotations", json={"schema_version": 1},
+                             auth=("vic", "viewer-pass-1"), timeout=30)
+    assert response.status_code == 403
+    page.close()
