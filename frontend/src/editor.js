@@ -349,20 +349,31 @@ function markTouched(index) {
 }
 
 let cineTimer = null;
+let cineFrame = null;
 
+// Cine keeps the file's timing: each animation frame shows the frame due at that moment
+// (both viewports in one render), so a slow display drops frames instead of slowing the loop.
 function play(on) {
   if (on === state.playing || state.imageIds.length < 2) return;
   state.playing = on;
   $('#play').textContent = on ? 'Pause' : 'Play';
   root.dataset.playing = on ? 'true' : 'false';
-  const element = $('#viewport-overlay');
-  if (on) {
-    toolUtils.cine.playClip(element, { framesPerSecond: state.fps, loop: true });
-    measurePlayback();
-  } else {
-    toolUtils.cine.stopClip(element);
+  if (!on) {
+    cancelAnimationFrame(cineFrame);
     clearInterval(cineTimer);
+    return;
   }
+  const n = state.imageIds.length;
+  const began = performance.now();
+  const first = state.frame;
+  const tick = (now) => {
+    if (!state.playing) return;
+    const due = (first + Math.floor(((now - began) * state.fps) / 1000)) % n;
+    if (due !== state.frame) setFrame(due);
+    cineFrame = requestAnimationFrame(tick);
+  };
+  cineFrame = requestAnimationFrame(tick);
+  measurePlayback();
 }
 
 // frames actually drawn per second while playing, for the page and for benchmarks
