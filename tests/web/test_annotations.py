@@ -4,7 +4,9 @@ import io
 import re
 import json
 import subprocess
+from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from django.core.management import call_command
@@ -244,6 +246,7 @@ def test_the_instance_api_lists_attributes_jobs_results_measurements_annotations
     post(annotator, instance, upload({5: labels[4]}))
     data = annotator.get(f"/api/instances/{instance.sop_instance_uid}").json()
     assert data["number_of_frames"] == FRAMES and data["study"]["patient"]["id"]
+    assert {"name": "Number of Frames", "value": str(FRAMES)} in data["attributes"]
     assert data["editor_url"].endswith(f"/instances/{instance.sop_instance_uid}/editor/")
     assert data["jobs"][0]["status"] == "done" and data["results"][0]["version"] == 1
     assert data["measurements"] == {"beats": []}
@@ -275,3 +278,16 @@ def test_roles_command_grants_and_lists(db):
     call_command("roles", "revoke", "zoe", "reviewer", stdout=io.StringIO())
     user.refresh_from_db()
     assert not user.groups.exists()
+
+
+def test_stored_documents_follow_the_published_schema(echo):
+    schema = json.loads((Path(__file__).parents[2] / "docs" / "annotation-schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    instance, labels = echo
+    annotator = client_for("anna", "annotator")
+    created = post(annotator, instance, upload({5: corrected(labels, 5), 9: labels[8]})).json()
+    document = annotator.get(created["url"]).json()["document"]
+    validator.validate(document)
+    broken = {**document, "classes": {"1": "LV"}, "masks": {"5": {"encoding": "png", "counts": []}}}
+    assert len(list(validator.iter_errors(broken))) >= 2

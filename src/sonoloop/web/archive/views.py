@@ -179,6 +179,7 @@ def api_instance(request, sop_uid: str):
     if instance is None:
         return JsonResponse({"error": f"no instance with SOP Instance UID {sop_uid}"}, status=404)
     summary = services.instance_summary(instance, request.build_absolute_uri("/"))
+    summary["attributes"] = [{"name": name, "value": value} for name, value in services.instance_attributes(instance)]
     summary.update(instance_api_sections(request, instance))
     return JsonResponse(summary)
 
