@@ -177,6 +177,8 @@ def test_roles_are_enforced_on_every_call(echo):
     assert nobody.get(f"/instances/{uid}/editor/").status_code == 403
     assert nobody.get(f"/instances/{uid}/").status_code == 403
     assert viewer.get(f"/api/instances/{uid}/annotations").status_code == 200
+    assert viewer.get("/upload/").status_code == 403 and b">Upload</a>" not in viewer.get("/studies/").content
+    assert viewer.post(f"/api/jobs/{instance.analysis_jobs.first().pk}/retry").status_code == 403
     denied = post(viewer, instance, upload({5: labels[4]}))
     assert denied.status_code == 403 and "annotator role" in denied.json()["error"]
 
