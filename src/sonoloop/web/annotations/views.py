@@ -87,7 +87,7 @@ def _json_body(request) -> tuple[dict | None, JsonResponse | None]:
     if length > MAX_BODY_BYTES:
         return None, JsonResponse({"error": f"the body is {length} bytes; at most {MAX_BODY_BYTES} are accepted"},
                                   status=413)
-    if not request.content_type == "application/json":
+    if request.content_type != "application/json":
         return None, JsonResponse({"error": "send the annotation as application/json"}, status=415)
     try:
         return json.loads(request.body), None
