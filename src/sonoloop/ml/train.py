@@ -202,8 +202,9 @@ def _save_checkpoint(path: Path, network, optimizer, epoch: int, best: float, hi
 
 def export_best(work_dir: Path, folder: Path, config: TrainConfig, history: list[EpochReport],
                 train_frames: list[LabelledFrame], val_frames: list[LabelledFrame], *, name: str,
-                data_source: str, parent: str | None = None, fp16: bool = False, notice: str | None = None) -> Path:
-    """The best epoch as a self-describing model folder."""
+                data_source: str, parent: str | None = None, fp16: bool = False, notice: str | None = None,
+                extra: dict | None = None) -> Path:
+    """The best epoch as a self-describing model folder (``extra`` joins its training record)."""
     network = build_network(config.architecture)
     load_unique_state(network, load_file(Path(work_dir) / BEST))
     best = max(history, key=lambda h: h.score)
@@ -221,6 +222,7 @@ def export_best(work_dir: Path, folder: Path, config: TrainConfig, history: list
             "validation_frames": [f.frame_id for f in val_frames],
             "best_epoch": best.epoch,
             "history": [asdict(h) for h in history],
+            **(extra or {}),
         },
         "metrics": {"validation_dice_network_space": best.val_dice},
     }
