@@ -181,3 +181,15 @@ def require_tools(*tools: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"missing tools in CI: {', '.join(missing)} (.ci/run installs them)")
         pytest.skip(f"needs {', '.join(missing)}")
+
+
+@pytest.fixture(scope="session")
+def camus_dir() -> Path:
+    """../shared/data/camus (or SONOLOOP_CAMUS_DIR); the data never enter the repository."""
+    shared = Path(__file__).resolve().parents[1].parent / "shared"
+    path = Path(os.environ.get("SONOLOOP_CAMUS_DIR", shared / "data" / "camus"))
+    if not (path / "frames.csv").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI has ../shared/data/camus, but {path} is missing")
+        pytest.skip(f"the CAMUS frames are not at {path} (set SONOLOOP_CAMUS_DIR)")
+    return path

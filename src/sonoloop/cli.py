@@ -68,6 +68,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return _django(["jobs", *args.rest])
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    return _django(["models", *args.rest])
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    return _django(["retrain", *args.rest])
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     return _django(["worker", "--queue-name", args.queues, "--interval", str(args.interval),
                     *(["--worker-id", args.worker_id] if args.worker_id else [])])
@@ -123,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
                           add_help=False)
     jobs.add_argument("rest", nargs=argparse.REMAINDER)
     jobs.set_defaults(func=cmd_jobs)
+
+    models = sub.add_parser("models", help="model versions: list | evaluate V | promote V --as ADMIN [--force] | "
+                                           "rollback V --as ADMIN | register FOLDER", add_help=False)
+    models.add_argument("rest", nargs=argparse.REMAINDER)
+    models.set_defaults(func=cmd_models)
+
+    retrain = sub.add_parser("retrain", help="fine-tune a version on approved annotations: --parent V --name N "
+                                             "--strategy S --as ADMIN [--epochs --batch-size --lr --queue]",
+                             add_help=False)
+    retrain.add_argument("rest", nargs=argparse.REMAINDER)
+    retrain.set_defaults(func=cmd_retrain)
 
     worker = sub.add_parser("worker", help="run background tasks (start more, here or on other machines, to scale out)")
     worker.add_argument("--queues", default="*", help="comma-separated: inference, training, default (default: all)")

@@ -35,6 +35,19 @@ def _env_int(env: dict, name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _env_float(env: dict, name: str, default: float, minimum: float, maximum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be from {minimum} to {maximum}, got {value}")
+    return value
+
+
 def _env_bool(env: dict, name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -97,6 +110,8 @@ class Config:
     model: str = "default"  # the model version that segments arriving echoes: a folder or "default"
     inference_engine: str = "auto"
     job_stale_seconds: int = 300  # a running job silent this long lost its worker and is re-queued
+    camus_dir: str = ""  # the original training data (CAMUS frames or release) for retraining and the held-out set
+    promotion_margin: float = 0.01  # a candidate may lose at most this much held-out Dice per structure
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -134,6 +149,8 @@ class Config:
             model=_env_str(env, "SONOLOOP_MODEL", "default"),
             inference_engine=_inference_engine(_env_str(env, "SONOLOOP_INFERENCE_ENGINE", "auto")),
             job_stale_seconds=_env_int(env, "SONOLOOP_JOB_STALE_SECONDS", 300, 10),
+            camus_dir=_env_str(env, "SONOLOOP_CAMUS_DIR", ""),
+            promotion_margin=_env_float(env, "SONOLOOP_PROMOTION_MARGIN", 0.01, 0.0, 1.0),
         )
         if bool(config.tls_cert) != bool(config.tls_key):
             raise ConfigError("SONOLOOP_DICOM_TLS_CERT and SONOLOOP_DICOM_TLS_KEY must be set together")
@@ -154,6 +171,10 @@ class Config:
     @property
     def static_root(self) -> Path:
         return self.data_dir / "static"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
 
     @property
     def results_dir(self) -> Path:

@@ -154,8 +154,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def _prepared(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        image, labels = self.frames[index].load()
-        x, geometry = prepare(image, self.size)
+        frame = self.frames[index]
+        image, labels = frame.load()
+        # a frame from a DICOM image brings its ultrasound region and bit depth, as inference uses them
+        x, geometry = prepare(image, self.size, getattr(frame, "box", None), getattr(frame, "bits_stored", None))
         y = letterbox_labels(labels, geometry)
         if self._cache is not None:
             self._cache[index] = (x, y)

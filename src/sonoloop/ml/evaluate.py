@@ -139,3 +139,16 @@ def write_reports(report: dict, examples: list[tuple], json_path: Path, markdown
         Path(markdown_path).write_text(markdown_table(report))
     if png_path:
         png_grid(examples[:16], Path(png_path))
+
+
+def mean_dice(segmenter: Segmenter, frames: list) -> dict[str, float]:
+    """Mean Dice per structure (LV endo, LV epi, LA, MYO) over ``frames`` — what the promotion gate compares."""
+    if not frames:
+        return {}
+    totals = {name: 0.0 for name in STRUCTURES}
+    for frame in frames:
+        image, truth = frame.load()
+        prediction = segmenter.predict(image[None])[0]
+        for name, labels in STRUCTURES.items():
+            totals[name] += dice(np.isin(prediction, labels), np.isin(truth, labels))
+    return {name: round(total / len(frames), 4) for name, total in totals.items()}

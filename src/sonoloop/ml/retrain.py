@@ -32,12 +32,15 @@ class RetrainError(ValueError):
 
 @dataclass(frozen=True)
 class AnnotatedFrame:
-    """One expert-annotated frame, already cropped to its ultrasound region."""
+    """One expert-annotated frame of a DICOM image: the frame, its labels, and the ultrasound
+    region and bit depth that inference uses for it (so training prepares it the same way)."""
 
     frame_id: str  # e.g. "<SOP Instance UID>#5@v3": the image, the frame, the annotation version
     patient: str
     image: np.ndarray
     labels: np.ndarray
+    box: object = None  # preprocess.Box of the ultrasound region, or None (sector detected)
+    bits_stored: int | None = None
     view: str = ""
     phase: str = ""
     split: str = "annotation"

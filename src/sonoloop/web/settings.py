@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "sonoloop.web.archive",
     "sonoloop.web.analysis",
     "sonoloop.web.annotations",
+    "sonoloop.web.learning",
 ]
 
 MIDDLEWARE = [

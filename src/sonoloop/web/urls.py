@@ -9,6 +9,7 @@ urlpatterns = [
     path("dicomweb/", include("sonoloop.web.archive.dicomweb_urls")),
     path("", include("sonoloop.web.analysis.urls")),
     path("", include("sonoloop.web.annotations.urls")),
+    path("", include("sonoloop.web.learning.urls")),
     path("", include("sonoloop.web.archive.urls")),
 ]
 

@@ -186,12 +186,26 @@ _model_lock = threading.Lock()
 _model: ActiveModel | None = None
 
 
-def active_model() -> ActiveModel:
-    global _model
+# Functions () -> Path | None that name the active model's folder; the first answer wins, and
+# without one it is SONOLOOP_MODEL. The model registry (learning app) adds itself here.
+MODEL_FOLDER_PROVIDERS: list = []
+
+
+def active_model_folder() -> Path:
     from sonoloop.ml.commands import resolve_model
 
+    for provider in MODEL_FOLDER_PROVIDERS:
+        folder = provider()
+        if folder is not None:
+            return Path(folder).resolve()
+    return resolve_model(settings.CONFIG.model).resolve()
+
+
+def active_model() -> ActiveModel:
+    """The active version, reloaded when another version became active since the last job."""
+    global _model
     config = settings.CONFIG
-    folder = resolve_model(config.model).resolve()
+    folder = active_model_folder()
     with _model_lock:
         if _model is None or _model.folder != folder:
             _model = ActiveModel(folder, config.inference_engine)
