@@ -199,3 +199,24 @@ def test_a_cancelled_run_writes_no_version(registry, approved, settings):
     assert job.status == RetrainingJob.CANCELLED and job.progress["epoch"] == 1
     assert not (settings.CONFIG.models_dir / "x5").exists() and not ModelVersion.objects.filter(name="x5").exists()
     assert not list(settings.CONFIG.models_dir.glob(".x5-*")) and ModelVersion.objects.count() == 1
+
+
+def test_a_run_whose_worker_died_is_failed_and_the_active_model_kept(registry, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job = RetrainingJob.objects.create(parent=registry, name="lost", strategy="equal", status=RetrainingJob.RUNNING,
+                                       worker="gpu-1:4242", heartbeat_at=timezone.now() - timedelta(minutes=10))
+    scratch = settings.CONFIG.tmp_dir / f"retrain-{job.pk}"
+    scratch.mkdir(parents=True)
+    staging = settings.CONFIG.models_dir / ".lost-abc123"
+    staging.mkdir(parents=True)
+    alive = RetrainingJob.objects.create(parent=registry, name="alive", strategy="equal",
+                                         status=RetrainingJob.RUNNING, heartbeat_at=timezone.now())
+    assert services.retraining_fail_stale(stale_seconds=60) == [job.pk]
+    job.refresh_from_db()
+    assert job.status == RetrainingJob.FAILED and "gpu-1:4242 stopped responding" in job.reason
+    assert not scratch.exists() and not staging.exists()
+    assert RetrainingJob.objects.get(pk=alive.pk).status == RetrainingJob.RUNNING
+    assert ModelVersion.objects.get(is_active=True) == registry

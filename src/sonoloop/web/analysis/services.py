@@ -109,6 +109,10 @@ def job_retry(job: AnalysisJob) -> AnalysisJob:
         return job_create(job.instance, retry_of=job)
 
 
+# What every worker's lost-worker thread runs; other apps add their own checks.
+STALE_CHECKS: list = []
+
+
 def jobs_requeue_stale(stale_seconds: int | None = None) -> list[AnalysisJob]:
     """Running jobs whose worker has gone silent: back in the queue (a new attempt), or failed
     after MAX_ATTEMPTS lost workers. Returns the jobs changed."""
@@ -228,7 +232,7 @@ def job_run(job_id: int) -> str:
         job.finished_at = None
         job.save()
     stop = threading.Event()
-    beating = threading.Thread(target=_heartbeat, args=(job.pk, stop), name=f"heartbeat-{job.pk}", daemon=True)
+    beating = threading.Thread(target=heartbeat, args=(job.pk, stop), name=f"heartbeat-{job.pk}", daemon=True)
     beating.start()
     try:
         _analyse(job)
@@ -243,14 +247,15 @@ def job_run(job_id: int) -> str:
     return AnalysisJob.objects.get(pk=job.pk).status
 
 
-def _heartbeat(job_id: int, stop: threading.Event) -> None:
-    """While the job runs, say so every HEARTBEAT_SECONDS: a job whose heartbeat stops has lost its worker."""
+def heartbeat(job_id: int, stop: threading.Event, model=AnalysisJob) -> None:
+    """While a job row is running, say so every HEARTBEAT_SECONDS: a job whose heartbeat stops has
+    lost its worker (any job model with ``status`` "running" and ``heartbeat_at``)."""
     from django.db import connection
 
     try:
         while not stop.wait(HEARTBEAT_SECONDS):
             try:
-                AnalysisJob.objects.filter(pk=job_id, status=AnalysisJob.RUNNING).update(heartbeat_at=timezone.now())
+                model.objects.filter(pk=job_id, status="running").update(heartbeat_at=timezone.now())
             except Exception as exc:  # a busy database: the next beat will do
                 log.warning("heartbeat of job %s not recorded: %s", job_id, exc)
     finally:

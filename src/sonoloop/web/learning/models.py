@@ -72,6 +72,8 @@ class RetrainingJob(models.Model):
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=128, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

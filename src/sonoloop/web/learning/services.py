@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -302,15 +305,32 @@ def retrain_cancel(job: RetrainingJob, user) -> RetrainingJob:
 
 def retrain_run(job_id: int, progress_bar: bool = False) -> RetrainingJob:
     """Run a queued retraining job: train, write the version folder, register it as a candidate."""
+    from sonoloop.web.analysis.services import heartbeat, worker_name
+
+    now = timezone.now()
+    claimed = RetrainingJob.objects.filter(pk=job_id, status=RetrainingJob.QUEUED).update(
+        status=RetrainingJob.RUNNING, started_at=now, heartbeat_at=now, worker=worker_name())
+    job = RetrainingJob.objects.select_related("parent").get(pk=job_id)
+    if not claimed:
+        return job
+    stop = threading.Event()
+    beating = threading.Thread(target=heartbeat, args=(job.pk, stop, RetrainingJob), name=f"retrain-{job.pk}",
+                               daemon=True)
+    beating.start()
+    try:
+        _retrain(job, progress_bar)
+    finally:
+        stop.set()
+        beating.join()
+    job.refresh_from_db()
+    return job
+
+
+def _retrain(job: RetrainingJob, progress_bar: bool) -> None:
     from sonoloop.ml.retrain import RetrainError, retrain
     from sonoloop.ml.train import TrainConfig
     from sonoloop.web.annotations.services import approved_annotations
 
-    claimed = RetrainingJob.objects.filter(pk=job_id, status=RetrainingJob.QUEUED).update(
-        status=RetrainingJob.RUNNING, started_at=timezone.now())
-    job = RetrainingJob.objects.select_related("parent").get(pk=job_id)
-    if not claimed:
-        return job
     out = settings.CONFIG.models_dir / job.name
     began = time.monotonic()
     history = []
@@ -347,12 +367,32 @@ def retrain_run(job_id: int, progress_bar: bool = False) -> RetrainingJob:
     except Exception as exc:
         log.exception("retraining job %s failed", job.pk)
         _finish(job, RetrainingJob.FAILED, f"{type(exc).__name__}: {exc}")
-    job.refresh_from_db()
-    return job
+
+
+def retraining_fail_stale(stale_seconds: int | None = None) -> list[int]:
+    """Running retraining runs whose worker went silent (killed, machine lost): failed, their
+    scratch folders removed. The version folder is only ever renamed into place when complete,
+    so nothing half-written remains, and the active model never changed."""
+    stale_seconds = stale_seconds or settings.CONFIG.job_stale_seconds
+    cutoff = timezone.now() - timedelta(seconds=stale_seconds)
+    lost = list(RetrainingJob.objects.filter(status=RetrainingJob.RUNNING, heartbeat_at__lt=cutoff))
+    for job in lost:
+        changed = RetrainingJob.objects.filter(pk=job.pk, status=RetrainingJob.RUNNING,
+                                               heartbeat_at__lt=cutoff).update(
+            status=RetrainingJob.FAILED, finished_at=timezone.now(),
+            reason=f"the worker {job.worker or ''} stopped responding (killed or lost); no version was written; "
+                   "start the run again")
+        if changed:
+            shutil.rmtree(settings.CONFIG.tmp_dir / f"retrain-{job.pk}", ignore_errors=True)
+            for staging in settings.CONFIG.models_dir.glob(f".{job.name}-*"):
+                shutil.rmtree(staging, ignore_errors=True)
+            log.warning("retraining run %s lost its worker %s: failed", job.pk, job.worker)
+    return [job.pk for job in lost]
 
 
 def _finish(job: RetrainingJob, status: str, reason: str) -> None:
-    RetrainingJob.objects.filter(pk=job.pk).update(status=status, reason=reason, finished_at=timezone.now())
+    RetrainingJob.objects.filter(pk=job.pk, status=RetrainingJob.RUNNING).update(
+        status=status, reason=reason, finished_at=timezone.now())
 
 
 def version_summary(version: ModelVersion, trend: dict | None = None) -> dict:

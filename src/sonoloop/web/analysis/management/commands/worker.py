@@ -3,7 +3,8 @@
 django-tasks-db's worker claims one task at a time with a row lock, so any number of
 these, on this or other machines sharing the database and the data folder, each run
 distinct tasks. Beside it a thread re-queues analysis jobs whose worker stopped sending
-heartbeats (killed, machine lost) — any live worker does it for all.
+heartbeats (killed, machine lost), and fails retraining runs that lost theirs — any live
+worker does it for all.
 """
 
 import logging
@@ -13,7 +14,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django_tasks_db.management.commands.db_worker import Command as DbWorkerCommand
 
-from sonoloop.web.analysis.services import jobs_requeue_stale
+from sonoloop.web.analysis.services import STALE_CHECKS, jobs_requeue_stale
 
 log = logging.getLogger("sonoloop.analysis")
 
@@ -23,6 +24,8 @@ def _watch_lost_workers(stop: threading.Event, every: float) -> None:
         try:
             close_old_connections()
             jobs_requeue_stale()
+            for check in STALE_CHECKS:
+                check()
         except Exception:
             log.exception("checking for lost workers failed; trying again in %.0f s", every)
         finally:
