@@ -220,3 +220,29 @@ def test_a_run_whose_worker_died_is_failed_and_the_active_model_kept(registry, s
     assert not scratch.exists() and not staging.exists()
     assert RetrainingJob.objects.get(pk=alive.pk).status == RetrainingJob.RUNNING
     assert ModelVersion.objects.get(is_active=True) == registry
+
+
+def test_the_models_pages_show_versions_curves_and_let_only_admins_act(registry, tiny_models, approved):
+    better = services.version_register(tiny_models["better"], origin=ModelVersion.IMPORTED, parent=registry)
+    viewer, boss = Client(), Client()
+    viewer.force_login(user_with_role("vic", "viewer"))
+    boss.force_login(admin())
+    page = viewer.get("/models/").content.decode()
+    assert "tiny-a" in page and "tiny-b" in page and "★" in page and ">Promote<" not in page
+    detail = viewer.get("/models/tiny-b/").content.decode()
+    assert '<svg class="curves"' in detail and 'class="dice"' in detail and "learning_rate" in detail
+    assert viewer.post("/models/tiny-b/promote").status_code == 403
+
+    assert ">Promote<" in boss.get("/models/").content.decode()
+    response = boss.post("/models/tiny-b/promote", follow=True)
+    assert "tiny-b: promoted." in response.content.decode()
+    assert ModelVersion.objects.get(is_active=True) == better
+    response = boss.post("/models/retrain", {"parent": "tiny-b", "name": "tiny-r9", "strategy": "equal",
+                                             "epochs": "1", "batch_size": "4", "learning_rate": "0.001"}, follow=True)
+    assert "queued for a training worker" in response.content.decode()
+    job = RetrainingJob.objects.get(name="tiny-r9")
+    assert job.parent == better and job.status == RetrainingJob.QUEUED
+    response = boss.post("/models/retrain", {"parent": "tiny-b", "name": "tiny-r9", "strategy": "equal"}, follow=True)
+    assert "is taken" in response.content.decode()
+    response = boss.post(f"/models/retraining/{job.pk}/cancel", follow=True)
+    assert "cancelled" in response.content.decode()
