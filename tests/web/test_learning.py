@@ -246,3 +246,24 @@ def test_the_models_pages_show_versions_curves_and_let_only_admins_act(registry,
     assert "is taken" in response.content.decode()
     response = boss.post(f"/models/retraining/{job.pk}/cancel", follow=True)
     assert "cancelled" in response.content.decode()
+
+
+def test_the_commands_retrain_list_and_promote(registry, approved, capsys):
+    from django.core.management import CommandError, call_command
+
+    admin()
+    call_command("retrain", "--parent", "tiny-a", "--name", "tiny-cli", "--strategy", "ratio", "--ratio", "0.5",
+                 "--epochs", "1", "--no-augment", "--as", "ada")
+    out = capsys.readouterr().out
+    assert "tiny-cli: candidate, held-out Dice" in out
+    meta = json.loads((Path(ModelVersion.objects.get(name="tiny-cli").folder) / "model.json").read_text())
+    assert meta["training"]["retraining"]["originals_per_annotated_frame"] == 0.5
+    assert len(meta["training"]["retraining"]["original_frames"]) == 1  # round(0.5 × 2 annotated frames)
+    call_command("models", "list")
+    listing = capsys.readouterr().out
+    assert "* tiny-a" in listing and "  tiny-cli  parent tiny-a  retrained  held-out: LV endo" in listing
+    with pytest.raises(CommandError, match="only an admin"):
+        user_with_role("vic", "viewer")
+        call_command("models", "promote", "tiny-cli", "--as", "vic")
+    with pytest.raises(CommandError, match="no model version 'nope'"):
+        call_command("retrain", "--parent", "nope", "--name", "x", "--strategy", "equal", "--as", "ada")
