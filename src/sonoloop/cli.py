@@ -76,6 +76,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return _django(["retrain", *args.rest])
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from sonoloop.ml import commands
+
+    return commands.experiment_command(args)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     return _django(["worker", "--queue-name", args.queues, "--interval", str(args.interval),
                     *(["--worker-id", args.worker_id] if args.worker_id else [])])
@@ -142,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
                              add_help=False)
     retrain.add_argument("rest", nargs=argparse.REMAINDER)
     retrain.set_defaults(func=cmd_retrain)
+
+    experiment = sub.add_parser("experiment", help="reproduce the paper's retraining experiments: paper --out DIR")
+    experiment.add_argument("which", choices=["paper"])
+    experiment.add_argument("--data", required=True, help="CAMUS frames folder (e.g. ../shared/data/camus)")
+    experiment.add_argument("--out", required=True, help="an empty or new folder for report.md, results.json, figures")
+    experiment.add_argument("--parent", default="default", help="the model fine-tuned (default: the shipped one)")
+    experiment.add_argument("--quick", action="store_true", help="tiny model, few steps: checks the plumbing in minutes")
+    experiment.add_argument("--engine", default="fp32", choices=ENGINES, help="inference engine for scoring")
+    experiment.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    experiment.add_argument("--bf16", action="store_true", help="bf16 autocast while training (GPU, or CPU with bf16)")
+    experiment.set_defaults(func=cmd_experiment)
 
     worker = sub.add_parser("worker", help="run background tasks (start more, here or on other machines, to scale out)")
     worker.add_argument("--queues", default="*", help="comma-separated: inference, training, default (default: all)")

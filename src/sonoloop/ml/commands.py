@@ -135,3 +135,24 @@ def predict_command(args) -> int:
     print(f"{len(labels)} frame masks ({', '.join(segmenter.classes)} = 0..{len(segmenter.classes) - 1}) "
           f"and overlay.png (frame {middle + 1}) in {out}" + (" — cropped to the DICOM ultrasound region" if box else ""))
     return 0
+
+
+def experiment_command(args) -> int:
+    from .experiment import run_paper
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"sonoloop experiment: {out} is not empty; results are never overwritten", file=sys.stderr)
+        return 2
+    try:
+        parent = None if args.quick else resolve_model(args.parent)
+        if parent is not None:
+            read_description(parent)
+        results = run_paper(Path(args.data), out, parent=parent, quick=args.quick, engine=args.engine,
+                            learning_rate=args.lr, bf16=args.bf16)
+    except (DataError, ModelFolderError, EngineError, ValueError) as exc:
+        print(f"sonoloop experiment: {exc}", file=sys.stderr)
+        return 2
+    print((out / "report.md").read_text())
+    print(f"wrote {out / 'report.md'}, {out / 'results.json'} and {len(results['experiments']) + 1} figures")
+    return 0

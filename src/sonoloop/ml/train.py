@@ -38,10 +38,13 @@ class TrainConfig:
     workers: int = 0
     lr_schedule: str = "constant"  # constant | poly (nnU-Net's (1 - epoch/epochs)^0.9, set per epoch)
     init_from: str | None = None  # a model folder whose weights start the run (fine-tuning); its name is the parent
+    keep: str = "best"  # best: the epoch with the best validation Dice; last: the final epoch (validation only reported)
 
     def __post_init__(self):
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', not {self.keep!r}")
 
     def fingerprint(self) -> str:
         """What a checkpoint must match to be resumed (more epochs may be asked for)."""
@@ -59,7 +62,7 @@ class TrainConfig:
 LR_SCHEDULES = ("constant", "poly")
 # fields added after the first runs; left at these values they do not enter the fingerprint,
 # so checkpoints written before they existed still resume
-_OPTIONAL = {"lr_schedule": "constant", "init_from": None}
+_OPTIONAL = {"lr_schedule": "constant", "init_from": None, "keep": "best"}
 
 
 @dataclass
@@ -179,8 +182,8 @@ def train(
                              evaluate_network(network, val_loader, config, device),
                              round(time.monotonic() - began, 1))
         history.append(report)
-        if report.score > best_score:
-            best_score = report.score
+        if report.score > best_score or config.keep == "last":
+            best_score = max(best_score, report.score)
             save_file({k: v.contiguous().cpu() for k, v in unique_state(network).items()}, work_dir / BEST)
         _save_checkpoint(checkpoint, network, optimizer, epoch + 1, best_score, history, config)
         if progress:
@@ -207,7 +210,7 @@ def export_best(work_dir: Path, folder: Path, config: TrainConfig, history: list
     """The best epoch as a self-describing model folder (``extra`` joins its training record)."""
     network = build_network(config.architecture)
     load_unique_state(network, load_file(Path(work_dir) / BEST))
-    best = max(history, key=lambda h: h.score)
+    best = history[-1] if config.keep == "last" else max(history, key=lambda h: h.score)
     description = {
         "name": name,
         "parent": parent,
