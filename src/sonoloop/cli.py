@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--engine", default="fp32", choices=ENGINES, help="inference engine for scoring")
     experiment.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
     experiment.add_argument("--bf16", action="store_true", help="bf16 autocast while training (GPU, or CPU with bf16)")
+    experiment.add_argument("--resume", action="store_true",
+                            help="continue an interrupted run in --out: finished runs are kept, the rest are run")
     experiment.set_defaults(func=cmd_experiment)
 
     worker = sub.add_parser("worker", help="run background tasks (start more, here or on other machines, to scale out)")

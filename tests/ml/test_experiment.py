@@ -49,3 +49,12 @@ def test_the_quick_paper_run_writes_report_results_and_figures(camus_dir, tmp_pa
     for figure in ("parent.png", "experiment-1.png", "experiment-2.png", "experiment-3.png"):
         assert (out / figure).stat().st_size > 10_000
     assert main(["experiment", "paper", "--quick", "--data", str(camus_dir), "--out", str(out)]) == 2  # not empty
+
+    # an interrupted run resumes: finished runs are kept, not trained again
+    finished = out / "models" / "equal-b2-e1" / "model.json"
+    before = finished.stat().st_mtime_ns
+    (out / "results.json").unlink()
+    assert main(["experiment", "paper", "--quick", "--resume", "--data", str(camus_dir), "--out", str(out)]) == 0
+    assert finished.stat().st_mtime_ns == before
+    assert json.loads((out / "results.json").read_text())["experiments"] == results["experiments"]
+

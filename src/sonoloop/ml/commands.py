@@ -141,8 +141,9 @@ def experiment_command(args) -> int:
     from .experiment import run_paper
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        print(f"sonoloop experiment: {out} is not empty; results are never overwritten", file=sys.stderr)
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        print(f"sonoloop experiment: {out} is not empty; results are never overwritten (--resume continues "
+              "an interrupted run there)", file=sys.stderr)
         return 2
     try:
         parent = None if args.quick else resolve_model(args.parent)

@@ -132,7 +132,9 @@ def run_paper(data: Path, out: Path, *, parent: Path | None, quick: bool = False
     sets = groups(frames, *sizes)
     if quick:
         sets["heldout"] = sets["heldout"][:8]
-        parent = _quick_parent(sets, out / "models" / "parent")
+        parent = out / "models" / "parent"
+        if not (parent / "model.json").exists():
+            _quick_parent(sets, parent)
     configs = CONFIGS_QUICK if quick else CONFIGS_FULL
     styled = {k: [StyledFrame(x) for x in sets[k]] for k in ("G", "E", "F")}
 
@@ -158,11 +160,16 @@ def run_paper(data: Path, out: Path, *, parent: Path | None, quick: bool = False
             log(f"{experiment} ({strategy}), batch size {batch_size}, {epochs} epochs")
             config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=False,
                                  keep="last", bf16=bf16)
-            folder = retrain(parent, styled["G"], sets["originals"], sets["heldout"], strategy=strategy, ratio=None,
-                             config=config, work_dir=out / "work" / name, out=out / "models" / name, name=name,
-                             annotation_versions=[], data_source=f"paper experiment: G in the hospital style + CAMUS")
+            folder = out / "models" / name
+            if not (folder / "model.json").exists():  # a finished run of an interrupted experiment is kept
+                retrain(parent, styled["G"], sets["originals"], sets["heldout"], strategy=strategy, ratio=None,
+                        config=config, work_dir=out / "work" / name, out=folder, name=name, annotation_versions=[],
+                        data_source="paper experiment: G in the hospital style + CAMUS")
             scores, examples = evaluate(folder)
             runs.append({"batch_size": batch_size, "epochs": epochs, "model": name, "scores": scores})
+            results["experiments"][experiment] = {"strategy": strategy,
+                                                  "originals_per_annotation": STRATEGIES[strategy], "runs": runs}
+            (out / "results.partial.json").write_text(json.dumps(results, indent=2) + "\n")
             for group in ("E", "F", "G"):
                 frame_id, image, truth, prediction = examples[group][0]
                 figure.append((f"{group} b{batch_size} e{epochs}: {scores[group]['multiclass']:.2f}", image, truth,
@@ -174,6 +181,7 @@ def run_paper(data: Path, out: Path, *, parent: Path | None, quick: bool = False
              out / "parent.png", columns=3)
     results["summary"] = summarise(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.partial.json").unlink(missing_ok=True)
     (out / "report.md").write_text(report(results))
     return results
 
