@@ -359,6 +359,9 @@ def _retrain(job: RetrainingJob, progress_bar: bool) -> None:
         version = version_register(out, origin=ModelVersion.RETRAINED, parent=job.parent, user=job.created_by)
         RetrainingJob.objects.filter(pk=job.pk).update(result=version)
         version_evaluate(version)
+        active = registry_ensure()
+        if not active.heldout_dice:  # so that promoting, a page request, need not run the model
+            version_evaluate(active)
         _finish(job, RetrainingJob.DONE, f"{version.name} registered as a candidate; promote it to use it")
     except Cancelled:
         _finish(job, RetrainingJob.CANCELLED, "cancelled during training; no version was written")
