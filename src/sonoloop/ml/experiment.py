@@ -228,16 +228,18 @@ def conclusions(results: dict) -> list[str]:
 
 def report(results: dict) -> str:
     setup = results["setup"]
-    lines = ["# The paper's retraining experiments on CAMUS", "",
-             f"{'Quick plumbing run (tiny model, a few steps): the numbers mean nothing.' if setup['quick'] else ''}",
-             "", f"Style change modelled: {setup['style']}.", "",
-             f"G: {len(setup['G'])} annotated frames (one per patient); E: {len(setup['E'])}, F: {len(setup['F'])} "
-             f"frames, never trained on; held-out: {setup['heldout_frames']} CAMUS validation frames with their "
-             f"original labels. Originals drawn from {setup['originals_available']} training frames of other "
-             f"patients. Fine-tuning lr {setup['learning_rate']}, last epoch kept, parent `{setup['parent']}`.", "",
-             "Multiclass Dice (mean of LV, MYO, LA); E, F, G against the hospital style, held-out against the "
-             "original labels.", "",
-             "| experiment | batch | epochs | E | F | G | held-out |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["# The paper's retraining experiments on CAMUS", ""]
+    if setup["quick"]:
+        lines += ["Quick plumbing run (a small network, a few steps): the numbers mean nothing.", ""]
+    lines += [f"Style change modelled: {setup['style']}.", "",
+              f"G: {len(setup['G'])} annotated frames (one per patient); E: {len(setup['E'])}, F: {len(setup['F'])} "
+              f"frames, never trained on; held-out: {setup['heldout_frames']} CAMUS validation frames with their "
+              f"original labels. Originals drawn from {setup['originals_available']} training frames of other "
+              f"patients. Fine-tuning lr {setup['learning_rate']}{', bf16' if setup.get('bf16') else ''}, last epoch "
+              f"kept, parent `{Path(setup['parent']).name}`.", "",
+              "Multiclass Dice (mean of LV, MYO, LA); E, F, G against the hospital style, held-out against the "
+              "original labels.", "",
+              "| experiment | batch | epochs | E | F | G | held-out |", "| --- | --- | --- | --- | --- | --- | --- |"]
     p = results["parent"]
     lines.append(f"| parent | – | – | {p['E']['multiclass']:.3f} | {p['F']['multiclass']:.3f} | "
                  f"{p['G']['multiclass']:.3f} | {p['heldout']['multiclass']:.3f} |")
