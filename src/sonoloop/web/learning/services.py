@@ -158,7 +158,6 @@ def annotated_frames(annotations) -> tuple[list, list[dict]]:
         provenance.append({"annotation": annotation.pk, "version": annotation.version,
                            "instance": instance.sop_instance_uid, "frames": numbers,
                            "author": annotation.author.get_username(), "status": annotation.status})
-        del header
     return frames, provenance
 
 
