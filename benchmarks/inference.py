@@ -34,7 +34,7 @@ import torch
 
 from sonoloop.dicom.pixels import all_frames
 from sonoloop.dicom.samples import ECHO_CINE_JPEG, sample_path
-from sonoloop.ml.commands import resolve_model
+from sonoloop.ml.modelfolder import resolve_model
 from sonoloop.ml.engines import ENGINES, build_engine, resolve
 from sonoloop.ml.modelfolder import load_model
 from sonoloop.ml.preprocess import prepare, region_box

@@ -94,7 +94,7 @@ def pipeline_seconds(path: Path, dicom_port: int, http_port: int, database: Path
 
 def inference_seconds(path: Path, rounds: int) -> list[float]:
     from sonoloop.dicom.pixels import all_frames
-    from sonoloop.ml.commands import DEFAULT_MODEL
+    from sonoloop.ml.modelfolder import DEFAULT_MODEL
     from sonoloop.ml.infer import Segmenter
     from sonoloop.ml.preprocess import region_box
 

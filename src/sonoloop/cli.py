@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from this model's weights (a folder or 'default'); it becomes the parent version")
     train.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with avx512_bf16, GPUs)")
     train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--augmentation", choices=("basic", "acquisition"), default="basic",
+                       help="basic: jitter and intensity (v1, v2); acquisition: also flips, low resolution, depth, "
+                            "sector, gain, speckle, blur (v3)")
+    train.add_argument("--keep", choices=("best", "last"), default="best",
+                       help="best: the epoch with the best validation Dice (optimistic validation); last: the final "
+                            "epoch of a fixed schedule (validation stays an honest estimate)")
     train.add_argument("--fp16-weights", action="store_true", help="store the weights in float16 (half the size)")
     train.add_argument("--tiny", action="store_true", help="the tiny test configuration (64², 3 stages)")
     train.add_argument("--limit", type=int, help="use only the first N training and N validation frames")
@@ -199,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     evaluate.add_argument("--mirror", action="store_true",
                           help="flip every frame left-right (echoes recorded in the mirrored display convention)")
+    evaluate.add_argument("--resolution", type=int, metavar="PX",
+                          help="resample frames and labels to PX on the long side first and score there "
+                               "(e.g. 112, the size of EchoNet-style loops)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="segment every frame of a DICOM file")

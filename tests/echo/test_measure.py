@@ -97,8 +97,10 @@ def test_without_calibration_values_are_in_pixels_and_say_so():
 def test_implausible_and_missing_results_are_flagged_not_hidden():
     barely = np.stack([heart(80, 39.6 + 0.4 * np.cos(2 * np.pi * n / 20)) for n in range(21)])
     result = measure_loop(barely, CLASSES, CM)
-    assert result.ef is not None and result.ef < 5
+    assert all(b["ef"] < 5 for b in result.beats)  # the beats keep their values
     assert any("outside the plausible 5–90 %" in f for f in result.flags)
+    assert not result.reliable and result.reliability_reasons == ["ef_implausible"] and result.ef is None
+    assert "outside the physiological range" in result.reliability
     empty = np.zeros((10, 50, 50), np.uint8)
     result = measure_loop(empty, CLASSES, CM)
     assert "LV not found in any frame" in result.flags and result.ef is None

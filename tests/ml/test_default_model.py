@@ -3,7 +3,7 @@
 import json
 
 
-from sonoloop.ml.commands import DEFAULT_MODEL
+from sonoloop.ml.modelfolder import DEFAULT_MODEL
 from sonoloop.ml.data import camus_frames, patients, select
 from sonoloop.ml.evaluate import evaluate
 from sonoloop.ml.infer import Segmenter

@@ -8,7 +8,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, UltrasoundMultiFram
 
 from sonoloop.dicom.pixels import all_frames
 from sonoloop.dicom.samples import ECHO_CINE_JPEG, sample_path
-from sonoloop.ml.commands import DEFAULT_MODEL
+from sonoloop.ml.modelfolder import DEFAULT_MODEL
 from sonoloop.ml.infer import Segmenter
 
 FRAMES = slice(0, 2)

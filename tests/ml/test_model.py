@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sonoloop.ml.data import DataError, camus_frames, patients, select
 from sonoloop.ml.infer import Segmenter
@@ -111,6 +112,36 @@ def test_evaluate_reports_camus_structures_by_phase(camus_dir, tmp_path):
                  "--json", str(tmp_path / "m.json"), "--mirror"]) == 0
     mirrored = json.loads((tmp_path / "m.json").read_text())
     assert mirrored["mirrored"] and mirrored["frames"] == 4
+    assert main(["evaluate", "--model", str(model), "--data", str(camus_dir), "--split", "validation", "--limit", "4",
+                 "--json", str(tmp_path / "low.json"), "--markdown", str(tmp_path / "low.md"),
+                 "--resolution", "112"]) == 0
+    low = json.loads((tmp_path / "low.json").read_text())
+    assert low["resolution"] == 112 and low["frames"] == 4
+    assert "resampled to 112 px" in (tmp_path / "low.md").read_text()
+
+
+def test_frames_resampled_to_a_low_resolution_keep_their_labels_aligned(camus_dir):
+    from sonoloop.ml.data import camus_frames
+    from sonoloop.ml.evaluate import at_resolution, dice
+
+    image, truth = camus_frames(camus_dir)[0].load()
+    small, small_truth = at_resolution(image, truth, 112)
+    assert small.shape == small_truth.shape == (112, 112) and set(np.unique(small_truth)) <= {0, 1, 2, 3}
+    back = np.asarray(Image.fromarray(small_truth).resize(truth.shape[::-1], Image.NEAREST))
+    for c in (1, 2, 3):
+        assert dice(back == c, truth == c) > 0.9
+    # the image was averaged down, not sampled: its mean brightness is kept
+    assert abs(float(small.mean()) - float(image.mean())) < 2.0
+
+
+def test_the_ef_of_an_ed_es_pair_comes_from_the_area_length_volumes():
+    from sonoloop.ml.evaluate import ef_pairs, ejection_fraction
+    from tests.echo.test_measure import heart
+
+    ed, es = heart(80, 40), heart(80, 28)
+    assert ejection_fraction(ed, es) == pytest.approx(100 * (1 - (28 / 40) ** 2), abs=1.5)
+    pairs = ef_pairs({("p1", "4CH"): {"ED": (ed, ed), "ES": (es, es)}, ("p2", "2CH"): {"ED": (ed, ed)}})
+    assert len(pairs) == 1 and pairs[0]["error"] == 0 and pairs[0]["patient"] == "p1"
 
 
 def test_dice_and_hd95_on_known_masks():

@@ -4,6 +4,7 @@ re-queued when a worker is lost, re-run as new versions."""
 import json
 from datetime import timedelta
 
+import highdicom as hd
 import numpy as np
 import pytest
 from django.core.management import call_command
@@ -11,8 +12,9 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 from pydicom import dcmread
 
+from sonoloop.dicom import sr
 from sonoloop.dicom.seg import read_segmentation
-from sonoloop.ml.commands import DEFAULT_MODEL
+from sonoloop.ml.modelfolder import DEFAULT_MODEL
 from sonoloop.web.analysis import services
 from sonoloop.web.analysis.models import AnalysisJob, AnalysisResult
 from sonoloop.web.archive.models import Instance
@@ -56,21 +58,56 @@ def test_a_cine_is_segmented_stored_as_seg_and_measured(config, samples):
     by_name = {name: number for number, name in names.items()}
     for c, name in enumerate(result.classes[1:], start=1):
         np.testing.assert_array_equal(restored == by_name[name], labels == c)
-    # the SEG itself is recorded as skipped, not analysed
-    assert AnalysisJob.objects.get(instance=seg_instance).status == AnalysisJob.SKIPPED
+    # Sonoloop's own SEG and SR make no analysis jobs at all
+    assert not AnalysisJob.objects.filter(instance=seg_instance).exists()
 
     sr_instance = Instance.objects.get(sop_instance_uid=result.sr_sop_instance_uid)
     assert sr_instance.series.modality == "SR" and sr_instance.series.series_number == 951
-    assert AnalysisJob.objects.get(instance=sr_instance).status == AnalysisJob.SKIPPED
+    assert not AnalysisJob.objects.filter(instance=sr_instance).exists()
 
     m = result.measurements
     assert m["calibrated"] and m["units"]["volume"] == "mL"
     assert len(m["areas"]["LV"]) == 30 and m["ed_es_source"] == "LV area"
     assert m["frame_times_ms"][1] > 0
-    # one beat in this one-second loop: ED at the largest LV, ES at the smallest after it
-    assert len(m["beats"]) == 1 and m["ed_frame"] < m["es_frame"]
-    assert m["areas"]["LV"][m["ed_frame"]] == max(m["areas"]["LV"])
-    assert m["edv"] > m["esv"] > 0 and 20 < m["ef"] < 80
+    # consistent masks on every frame of this real loop
+    assert m["implausible_frames"] == 0 and m["quality"]["pipeline"] == {"temporal_sigma": 1.0, "repair": True}
+    # this one-second cut starts after an end-systole and ends while the LV is still emptying:
+    # no complete ED→ES, so no EF — the old frame-by-frame path took its last frame for ES
+    lv = m["areas"]["LV"]
+    assert np.argmax(lv) > 15 and lv[-1] < lv[-2] < lv[-3]  # still falling at the end
+    assert m["beats"] == [] and m["ef"] is None and not m["reliable"]
+    assert m["reliability_reasons"] == ["no_beat"] and "no complete heart cycle" in m["reliability"]
+    report = hd.sr.srread(instance_path(sr_instance))  # the report says why there is no EF
+    (ejection,) = report.content.get_image_measurement_groups()
+    assert ejection.get_measurements(name=sr.EF) == []
+    assert [e.value for e in ejection.get_qualitative_evaluations(name=sr.EF_QUALITY)] == [sr.UNRELIABLE["no_beat"]]
+
+
+def test_the_worker_and_sonoloop_predict_run_the_same_pipeline(config, samples, tmp_path):
+    from PIL import Image
+
+    from sonoloop.cli import main
+
+    instance = store(samples["cine_30"])
+    job = AnalysisJob.objects.get(instance=instance)
+    assert services.job_run(job.pk) == AnalysisJob.DONE
+    result = AnalysisResult.objects.get(job=job)
+    engine = services.active_model().segmenter.engine.name
+    assert main(["predict", str(samples["cine_30"]), "--out", str(tmp_path), "--engine", engine]) == 0
+
+    cli = json.loads((tmp_path / "measurements.json").read_text())
+    worker = result.measurements
+    for timing in ("inference_seconds",):
+        cli.pop(timing), worker.pop(timing)
+    assert cli == worker
+    labels = services.result_labels(result)
+    masks = np.stack([np.asarray(Image.open(tmp_path / f"mask-{n:04d}.png")) for n in range(1, 31)])
+    np.testing.assert_array_equal(masks, labels)
+    cli_seg, _ = read_segmentation(dcmread(tmp_path / "seg.dcm"))
+    worker_seg, _ = read_segmentation(dcmread(instance_path(Instance.objects.get(sop_instance_uid=result.seg_sop_instance_uid))))
+    np.testing.assert_array_equal(cli_seg, worker_seg)
+    assert dcmread(tmp_path / "sr.dcm").SOPClassUID == dcmread(
+        instance_path(Instance.objects.get(sop_instance_uid=result.sr_sop_instance_uid))).SOPClassUID
 
 
 def test_non_echo_instances_are_skipped_with_a_reason(config, samples):
@@ -152,7 +189,7 @@ def test_a_measurement_that_breaks_keeps_the_segmentation_and_says_so(config, sa
     def broken(*args, **kwargs):
         raise FloatingPointError("division by zero in the long axis")
 
-    monkeypatch.setattr(services, "measure", broken)
+    monkeypatch.setattr("sonoloop.echo.analyse.measure", broken)
     instance = store(samples["cine_30"])
     job = AnalysisJob.objects.get(instance=instance)
     assert services.job_run(job.pk) == AnalysisJob.DONE

@@ -2,15 +2,16 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from django.contrib.auth.models import User
 from django.template.defaultfilters import floatformat
 from django.test import Client
 
-from sonoloop.ml.commands import DEFAULT_MODEL
+from sonoloop.ml.modelfolder import DEFAULT_MODEL
 from sonoloop.web.analysis import services
-from sonoloop.web.analysis.models import AnalysisJob
+from sonoloop.web.analysis.models import AnalysisJob, AnalysisResult
 from sonoloop.web.archive.services import instance_store
 from tests.web.conftest import user_with_role
 
@@ -33,15 +34,39 @@ def analysed(config, samples):
     return instance, job
 
 
-def test_the_instance_page_shows_measurements_the_area_plot_and_jobs(logged_in, analysed):
+def test_the_instance_page_shows_the_verdict_the_area_plot_and_jobs(logged_in, analysed):
     instance, job = analysed
     page = logged_in.get(f"/instances/{instance.sop_instance_uid}/").content.decode()
-    assert "Automatic analysis" in page and "LV ejection fraction" in page
-    assert '<svg class="area-plot"' in page and 'class="ed"' in page and 'class="es"' in page
+    assert "Automatic analysis" in page and '<svg class="area-plot"' in page
     assert "30/30 frames" in page and DEFAULT_NAME in page and "DICOM Segmentation" in page
     assert 'http-equiv="refresh"' not in page  # nothing in progress
-    result = job.result
-    assert f"{floatformat(result.measurements['ef'], 1)} %" in page  # as the template rounds
+    # this one-second cut holds no complete ED→ES: no EF on the page, and the reason why
+    assert "EF not reported" in page and "the loop holds no complete heart cycle" in page
+    assert "LV ejection fraction" not in page
+    assert '<dd id="implausible-frames">0 of 30' in page
+
+
+def test_a_reliable_ef_is_shown_with_its_beats_and_spread(logged_in, analysed):
+    """The page as a reliable result renders it: the result row holds measurements of a
+    beating phantom (three beats) in place of the real loop's."""
+    from sonoloop.echo.analyse import loop_check
+    from sonoloop.echo.measure import Calibration, measure_loop
+    from tests.echo.test_measure import heart
+
+    instance, job = analysed
+    loop = np.stack([heart(80, 34 + 6 * np.cos(2 * np.pi * n / 20)) for n in range(70)])
+    classes = ["background", "LV", "MYO", "LA"]
+    m = measure_loop(loop, classes, Calibration(0.05, 0.05, "cm"), None, 33.3, loop_check(loop, classes, None))
+    assert m.reliable and len(m.beats) == 3
+    AnalysisResult.objects.filter(pk=job.result.pk).update(measurements=m.as_dict())
+    page = logged_in.get(f"/instances/{instance.sop_instance_uid}/").content.decode()
+    assert "EF reliable" in page and "LV ejection fraction" in page
+    assert f"<strong>{floatformat(m.ef, 1)} %</strong> (area–length, median of 3 beats" in page
+    assert f"beats {floatformat(m.ef_spread['min'], 0)}–{floatformat(m.ef_spread['max'], 0)} %" in page
+    assert page.count("<tr><td>") >= 3 and 'id="beats"' in page
+    api = logged_in.get(f"/api/instances/{instance.sop_instance_uid}").json()["ejection_fraction"]
+    assert api["value"] == m.ef and api["reliable"] and api["spread"]["beats"] == 3
+    assert api["implausible_frames"] == 0 and len(api["beats"]) == 3
 
 
 def test_a_queued_job_refreshes_the_page_and_a_finished_one_can_be_run_again(logged_in, config, samples):
@@ -72,6 +97,9 @@ def test_json_api_for_jobs_and_results(logged_in, analysed, samples):
     result = data["results"][0]
     assert result["version"] == 1 and result["model"]["name"] == DEFAULT_NAME
     assert result["segmentation"] and result["measurements"]["units"]["volume"] == "mL"
+    ef = result["ejection_fraction"]
+    assert ef["value"] is None and not ef["reliable"] and ef["reasons"] == ["no_beat"]
+    assert ef["implausible_frames"] == 0 and ef["frames"] == 30 and "no complete heart cycle" in ef["verdict"]
     assert logged_in.get(f"/api/jobs/{job.pk}").json()["result"]["version"] == 1
     assert logged_in.get("/api/jobs?status=done").json()["jobs"][0]["id"] == job.pk
     assert logged_in.get("/api/jobs?status=bogus").status_code == 400

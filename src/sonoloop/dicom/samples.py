@@ -10,6 +10,7 @@ from pydicom.uid import generate_uid
 
 # Real ultrasound files shipped by pydicom / pydicom-data.
 ECHO_CINE_JPEG = "color3d_jpeg_baseline.dcm"  # 120-frame apical 4-chamber cine, JPEG baseline YBR
+ECHO_CINE_30 = "examples_ybr_color.dcm"  # pydicom's own 30-frame cut of such a cine
 US_RLE_PALETTE = "OBXXXX1A_rle.dcm"  # single-frame US, RLE, palette colour
 US_J2K = "US1_J2KR.dcm"  # single-frame US, JPEG 2000 lossless, RGB
 US_NATIVE = "US1_UNCR.dcm"  # the same, uncompressed

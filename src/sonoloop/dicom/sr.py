@@ -1,10 +1,14 @@
 """The echo measurements as a DICOM Structured Report: TID 1500 Measurement Report
 (highdicom), one measurement group per structure, each referencing its segment of the
-Segmentation and the source frames it was measured on (ED and ES of the first beat).
+Segmentation and the source frames it was measured on (ED and ES of the representative
+beat: the one whose EF is nearest the median).
 
 Codes: LOINC echo measurement names (CID 12200 family) with the method (DCM: area–length
-single plane, method of disks single plane). Volumes and areas are written only when the
-image is calibrated; the EF, a ratio, is written either way.
+single plane, method of disks single plane) and the derivation (SCT median, minimum,
+maximum over the beats). The EF's quality-control verdict is a coded qualitative evaluation
+(private scheme 99SONOLOOP) with the number of implausible frames. Volumes and areas are
+written only when the image is calibrated and the EF is reliable; the EF, a ratio, is
+written whenever it is reliable, and never when it is not.
 """
 
 from __future__ import annotations
@@ -30,17 +34,42 @@ LEFT_ATRIUM = Code("82471001", "SCT", "Left atrium")
 ML = Code("ml", "UCUM", "milliliter")
 CM2 = Code("cm2", "UCUM", "square centimeter")
 PERCENT = Code("%", "UCUM", "percent")
+FRAMES = Code("{frames}", "UCUM", "frames")
+MEDIAN = Code("373099004", "SCT", "Median")
+MINIMUM = Code("255605001", "SCT", "Minimum")
+MAXIMUM = Code("56851009", "SCT", "Maximum")
+
+# Sonoloop's own quality-control concepts (a private coding scheme: no standard code says
+# "this EF is (un)reliable, and why")
+SCHEME = "99SONOLOOP"
+EF_QUALITY = Code("EFQC", SCHEME, "Ejection fraction quality control")
+IMPLAUSIBLE_FRAMES = Code("IMPLFR", SCHEME, "Frames with an implausible segmentation")
+RELIABLE = Code("RELIABLE", SCHEME, "Reliable")
+UNRELIABLE = {
+    "no_beat": Code("NOBEAT", SCHEME, "No complete heart cycle"),
+    "implausible_frames": Code("IMPLAUS", SCHEME, "Too many implausible frames"),
+    "no_plausible_beat": Code("NOPLBEAT", SCHEME, "No beat with plausible ED and ES frames"),
+    "beats_disagree": Code("BEATDIS", SCHEME, "Beats disagree"),
+    "lv_cut_off": Code("LVCUT", SCHEME, "LV cut off by the sector edge"),
+    "ef_implausible": Code("EFRANGE", SCHEME, "EF outside the physiological range"),
+}
 
 
 def build_measurement_report(source: Dataset, seg: Dataset, measurements: dict, *, algorithm: tuple[str, str],
                              series_number: int = 950, manufacturer: str = "Sonoloop",
-                             device_uid: str | None = None) -> hd.sr.Comprehensive3DSR | None:
-    """The report for one analysed loop, or None when there is nothing to report (no beat)."""
-    if measurements.get("ef") is None or measurements.get("ed_frame") is None:
-        return None
+                             device_uid: str | None = None) -> hd.sr.Comprehensive3DSR:
+    """The report for one analysed loop.
+
+    A reliable EF is written as the median of the beats with their minimum and maximum, the
+    volumes and areas of the representative beat beside it; an unreliable one is not written
+    at all: the report then says why (one coded reason each) and how many frames were
+    implausible, and gives no volumes."""
+    reliable = (bool(measurements.get("reliable")) and measurements.get("ef") is not None
+                and measurements.get("ed_frame") is not None)
     algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm[0], version=algorithm[1])
     segment_of = {str(s.get("SegmentDescription") or s.SegmentLabel): int(s.SegmentNumber) for s in seg.SegmentSequence}
-    ed, es = int(measurements["ed_frame"]) + 1, int(measurements["es_frame"]) + 1
+    has_beat = measurements.get("ed_frame") is not None
+    ed, es = (int(measurements["ed_frame"]) + 1, int(measurements["es_frame"]) + 1) if has_beat else (None, None)
     multi_frame = int(source.get("NumberOfFrames", 1) or 1) > 1
     calibrated = bool(measurements.get("calibrated"))
 
@@ -67,16 +96,34 @@ def build_measurement_report(source: Dataset, seg: Dataset, measurements: dict, 
             referenced_segment=frame, finding_sites=[hd.sr.FindingSite(site)], algorithm_id=algorithm_id,
             measurements=values)
 
-    ejection = [measurement(EF, measurements["ef"], PERCENT, AREA_LENGTH)]
-    if measurements.get("ef_disks") is not None:
-        ejection.append(measurement(EF, measurements["ef_disks"], PERCENT, DISKS))
+    ejection, evaluations = [], []
+    if reliable:
+        spread = measurements.get("ef_spread") or {}
+        ejection.append(hd.sr.Measurement(name=EF, value=round(float(measurements["ef"]), 3), unit=PERCENT,
+                                          method=AREA_LENGTH, derivation=MEDIAN, algorithm_id=algorithm_id))
+        for derivation, key in ((MINIMUM, "min"), (MAXIMUM, "max")):
+            if spread.get("beats", 0) > 1 and spread.get(key) is not None:
+                ejection.append(hd.sr.Measurement(name=EF, value=round(float(spread[key]), 3), unit=PERCENT,
+                                                  method=AREA_LENGTH, derivation=derivation,
+                                                  algorithm_id=algorithm_id))
+        if measurements.get("ef_disks") is not None:
+            ejection.append(hd.sr.Measurement(name=EF, value=round(float(measurements["ef_disks"]), 3),
+                                              unit=PERCENT, method=DISKS, derivation=MEDIAN,
+                                              algorithm_id=algorithm_id))
+        evaluations.append(hd.sr.QualitativeEvaluation(EF_QUALITY, RELIABLE))
+    else:
+        evaluations += [hd.sr.QualitativeEvaluation(EF_QUALITY, UNRELIABLE[reason])
+                        for reason in measurements.get("reliability_reasons") or ["no_beat"] if reason in UNRELIABLE]
+    if measurements.get("implausible_frames") is not None:
+        ejection.append(measurement(IMPLAUSIBLE_FRAMES, measurements["implausible_frames"], FRAMES))
     groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="LV ejection fraction"),
         finding_sites=[hd.sr.FindingSite(LEFT_VENTRICLE)], algorithm_id=algorithm_id, measurements=ejection,
+        qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID,
-                                                            [ed, es] if multi_frame else None)],
+                                                            [ed, es] if multi_frame and has_beat else None)],
     )]
-    if calibrated:
+    if calibrated and reliable:
         areas = measurements["areas"]["LV"]
         for label, frame, volume, disks, area, area_code in (
                 ("LV at end-diastole", ed, measurements["edv"], measurements.get("edv_disks"), areas[ed - 1],

@@ -9,9 +9,15 @@ Methods (ASE/EACVI chamber quantification, Lang et al. 2015):
 * method of disks: 20 disks perpendicular to the long axis, ``V = π/4 Σ d_i² · L/20``
   (single plane) or ``π/4 Σ a_i b_i · L/20`` with ``L`` the longer of the two views (biplane,
   apical 4- and 2-chamber at the same phase);
-* ED/ES: ED at the R wave when the DICOM gives R-wave times, else at each local maximum of
-  the LV area; ES at the smallest LV area between one ED and the next;
-* EF = (EDV − ESV) / EDV; LA volume by area–length at end-systole (LA maximal).
+* ED/ES: ED at the R wave when the DICOM gives R-wave times, else at each maximum of the
+  smoothed LV-area curve (one per heart cycle); ES at the smallest smoothed LV area between one
+  ED and the next;
+* EF = (EDV − ESV) / EDV per beat; the reported EF is the median over the beats whose ED and
+  ES frames are plausible, with the spread of the beats; LA volume by area–length at
+  end-systole (LA maximal);
+* reliability: an EF is reported as reliable only when the loop holds a beat, few frames are
+  implausible, the beats agree, the LV is not cut off and the EF is physiological; otherwise
+  the verdict says why, and no EF is reported (``ef`` is None, the beats keep their values).
 
 Units come from the calibration (Sequence of Ultrasound Regions): cm, cm², mL. Without a
 calibration every value is in pixel units and the result says so; millimetres are never
@@ -25,7 +31,21 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 DISKS = 20
+SHORTEST_CYCLE_MS = 333.0  # 180 beats per minute
 EF_PLAUSIBLE = (5.0, 90.0)  # %
+# Quality control of the reported EF (the reasons are in RELIABILITY_REASONS)
+IMPLAUSIBLE_FRAMES_MAX = 0.10  # share of the loop's frames
+BEAT_EF_RANGE_MAX = 15.0  # EF points between the highest and lowest beat (sinus rhythm: SD ≈ 3–5)
+LV_CUT_OFF_MAX = 0.10  # share of the LV border on the sector or image edge at end-diastole
+
+RELIABILITY_REASONS = {
+    "no_beat": "the loop holds no complete heart cycle",
+    "implausible_frames": "too many frames with an implausible segmentation",
+    "no_plausible_beat": "no beat whose end-diastole and end-systole frames are plausible",
+    "beats_disagree": "the beats' ejection fractions disagree",
+    "lv_cut_off": "the LV is cut off by the edge of the sector or image",
+    "ef_implausible": "the ejection fraction is outside the physiological range",
+}
 
 
 @dataclass(frozen=True)
@@ -185,27 +205,50 @@ def _peaks(values: np.ndarray, distance: int) -> list[int]:
     return sorted(chosen)
 
 
+def smooth_curve(values, sigma: float = 1.0) -> np.ndarray:
+    """A Gaussian smoothing of a per-frame curve (``sigma`` in frames), edges reflected."""
+    x = np.asarray(values, dtype=np.float64)
+    if sigma <= 0 or len(x) < 3:
+        return x.copy()
+    radius = max(1, int(np.ceil(3 * sigma)))
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    padded = np.pad(x, radius, mode="reflect" if len(x) > radius else "edge")
+    return np.convolve(padded, kernel / kernel.sum(), mode="valid")
+
+
+def _nearest_extreme(values: np.ndarray, at: int, which, low: int = 0, high: int | None = None) -> int:
+    """The frame within one of ``at`` (and within [low, high)) where ``values`` is highest
+    (``which=max``) or lowest (``min``): the smoothed curve places the phase, the frame's own
+    segmentation decides between neighbours."""
+    high = len(values) if high is None else high
+    candidates = range(max(low, at - 1), min(high, at + 2))
+    return which(candidates, key=lambda j: values[j]) if candidates else at
+
+
 def cardiac_phases(lv_area: np.ndarray, r_wave_frames: list[int] | None = None,
                    frame_time_ms: float | None = None) -> list[Beat]:
-    """ED/ES pairs. ED at each R wave when the ECG is known; otherwise at the largest LV area
-    of each heart cycle (peaks at least 0.7 cycle apart, the cycle from the loop's own
-    periodicity, or the whole loop when it holds less than two cycles). ES at the smallest
-    LV area before the next ED. A last beat cut off by the end of the loop is left out."""
+    """ED/ES pairs from the LV-area curve smoothed over about one frame (σ = 1), so that a
+    single noisy frame cannot become an end-diastole or end-systole. ED at each R wave when
+    the ECG is known; otherwise at the largest smoothed LV area of each heart cycle (peaks at
+    least 0.7 cycle apart, the cycle from the loop's own periodicity, or the whole loop when it
+    holds less than two cycles). ES at the smallest smoothed area before the next ED. A last
+    beat cut off by the end of the loop is left out."""
     area = np.asarray(lv_area, dtype=np.float64)
     n = len(area)
     if n < 3 or not np.any(area > 0):
         return []
-    cycle = cycle_length(area, frame_time_ms)
+    if frame_time_ms and n * frame_time_ms < SHORTEST_CYCLE_MS:
+        return []  # shorter than any heart cycle
+    smooth = smooth_curve(area, 1.0)
+    cycle = cycle_length(smooth, frame_time_ms)
     if r_wave_frames:
         eds = sorted({f for f in r_wave_frames if 0 <= f < n})
     else:
-        smooth = np.convolve(np.pad(area, 1, mode="edge"), np.ones(3) / 3, mode="valid")
         eds = _peaks(smooth, max(3, round(0.7 * cycle)) if cycle else n)
         inner = [smooth[e] for e in eds if 0 < e < n - 1]
         if eds and eds[0] == 0 and inner and smooth[0] < 0.9 * float(np.median(inner)):
             eds = eds[1:]  # the loop starts on a falling curve (in systole), not at end-diastole
-        # the raw maximum next to each smoothed peak
-        eds = sorted({max(range(max(0, e - 1), min(n, e + 2)), key=lambda j: area[j]) for e in eds})
+        eds = sorted({_nearest_extreme(area, e, max) for e in eds})
     beats = []
     for k, ed in enumerate(eds):
         end = eds[k + 1] if k + 1 < len(eds) else n
@@ -213,8 +256,10 @@ def cardiac_phases(lv_area: np.ndarray, r_wave_frames: list[int] | None = None,
             continue  # the loop ends before this beat's systole does
         if end - ed < 3:
             continue
-        es = ed + int(np.argmin(area[ed:end]))
-        if es > ed and area[es] < area[ed]:
+        es = _nearest_extreme(area, ed + int(np.argmin(smooth[ed:end])), min, low=ed + 1, high=end)
+        if es == n - 1:
+            continue  # the smallest area on the last frame: the loop may end before end-systole
+        if es > ed and smooth[es] < smooth[ed]:
             beats.append(Beat(ed, es))
     return beats
 
@@ -236,6 +281,11 @@ class Measurements:
     esv_disks: float | None = None
     ef_disks: float | None = None
     la_volume: float | None = None
+    ef_spread: dict | None = None  # over the beats used: min, max, range, sd (EF points), beats
+    implausible_frames: int | None = None  # frames whose segmentation fails a plausibility criterion
+    reliable: bool = False  # whether ``ef`` may be reported (reasons say why not)
+    reliability_reasons: list[str] = field(default_factory=list)  # keys of RELIABILITY_REASONS
+    reliability: str = ""  # the verdict in words
     flags: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -243,11 +293,18 @@ class Measurements:
 
 
 def measure_loop(labels: np.ndarray, classes: list[str], calibration: Calibration,
-                 r_wave_frames: list[int] | None = None, frame_time_ms: float | None = None) -> Measurements:
-    """Measurements of one apical view, from label maps (N, H, W) of its frames."""
+                 r_wave_frames: list[int] | None = None, frame_time_ms: float | None = None,
+                 problems: list[list[str]] | None = None, lv_cut_off: list[float] | None = None) -> Measurements:
+    """Measurements of one apical view, from label maps (N, H, W) of its frames.
+
+    ``problems``: per frame, the plausibility criteria its segmentation fails
+    (``echo.quality``); ``lv_cut_off``: per frame, the share of the LV border on the sector or
+    image edge. Both feed the reliability verdict; without them every frame counts as plausible.
+    """
     labels = np.asarray(labels)
     if labels.ndim == 2:
         labels = labels[None]
+    problems = problems if problems is not None else [[] for _ in labels]
     index = {name: i for i, name in enumerate(classes)}
     pixel_area = calibration.dx * calibration.dy
     areas = {name: [float((frame == index[name]).sum() * pixel_area) for frame in labels]
@@ -264,12 +321,15 @@ def measure_loop(labels: np.ndarray, classes: list[str], calibration: Calibratio
     lv, la = index.get("LV"), index.get("LA")
     axes = [long_axis(frame == lv, frame == la if la is not None else None, calibration) if lv is not None else None
             for frame in labels]
+    implausible = sum(1 for p in problems if p)
     result = Measurements(frames=len(labels), units=calibration.units, calibrated=calibration.calibrated,
                           areas={k: [round(v, 4) for v in vs] for k, vs in areas.items()},
-                          lv_length=[round(a.length, 4) if a else 0.0 for a in axes], flags=flags)
+                          lv_length=[round(a.length, 4) if a else 0.0 for a in axes], flags=flags,
+                          implausible_frames=implausible)
     if "LV" not in areas or len(labels) < 2:
         if len(labels) < 2:
             result.flags.append("a single frame: no ED/ES, volumes or EF")
+        _verdict(result, ["no_beat"])
         return result
 
     for beat in cardiac_phases(np.array(areas["LV"]), r_wave_frames, frame_time_ms):
@@ -281,29 +341,69 @@ def measure_loop(labels: np.ndarray, classes: list[str], calibration: Calibratio
         edv_d = disks_volume(disk_diameters(labels[beat.ed] == lv, ed_axis, calibration), ed_axis.length)
         esv_d = disks_volume(disk_diameters(labels[beat.es] == lv, es_axis, calibration), es_axis.length)
         entry = {"ed": beat.ed, "es": beat.es, "edv": edv, "esv": esv, "ef": 100.0 * (edv - esv) / edv,
-                 "edv_disks": edv_d, "esv_disks": esv_d, "ef_disks": 100.0 * (edv_d - esv_d) / edv_d}
+                 "edv_disks": edv_d, "esv_disks": esv_d, "ef_disks": 100.0 * (edv_d - esv_d) / edv_d,
+                 "plausible": not problems[beat.ed] and not problems[beat.es]}
         if la is not None and areas["LA"][beat.es] > 0:
             la_axis = long_axis(labels[beat.es] == la, labels[beat.es] == lv, calibration)
             entry["la_volume"] = area_length_volume(areas["LA"][beat.es], la_axis.length) if la_axis else None
         result.beats.append({k: (round(v, 3) if isinstance(v, float) else v) for k, v in entry.items()})
     if not result.beats:
         result.flags.append("no cardiac cycle found (the LV area does not rise and fall): no ED/ES, volumes or EF")
+        _verdict(result, ["no_beat"])
         return result
-    # the reported values: averaged over the complete beats (ASE: average beats in irregular rhythm)
-    if result.beats[-1]["es"] == len(labels) - 1:
-        result.flags.append("end-systole at the last frame: the loop may end before end-systole")
-    first = result.beats[0]
-    result.ed_frame, result.es_frame = first["ed"], first["es"]
+    used = [b for b in result.beats if b["plausible"]] or result.beats
+    # the reported values: the median of the beats (ASE: several beats, robust to one odd beat)
     for key in ("edv", "esv", "ef", "edv_disks", "esv_disks", "ef_disks", "la_volume"):
-        values = [b[key] for b in result.beats if b.get(key) is not None]
+        values = [b[key] for b in used if b.get(key) is not None]
         if values:
-            setattr(result, key, round(float(np.mean(values)), 3))
+            setattr(result, key, round(float(np.median(values)), 3))
+    efs = np.array([b["ef"] for b in used])
+    result.ef_spread = {"beats": len(used), "min": round(float(efs.min()), 2), "max": round(float(efs.max()), 2),
+                        "range": round(float(np.ptp(efs)), 2), "sd": round(float(efs.std(ddof=1)), 2) if len(efs) > 1 else 0.0}
+    representative = min(used, key=lambda b: abs(b["ef"] - result.ef))  # the beat the SEG and SR point to
+    result.ed_frame, result.es_frame = representative["ed"], representative["es"]
     for key in ("ef", "ef_disks"):
         value = getattr(result, key)
         if value is not None and not EF_PLAUSIBLE[0] <= value <= EF_PLAUSIBLE[1]:
             result.flags.append(f"{'EF' if key == 'ef' else 'EF (disks)'} {value:.0f} % is outside the plausible "
                                 f"{EF_PLAUSIBLE[0]:.0f}–{EF_PLAUSIBLE[1]:.0f} %")
+    reasons = []
+    if implausible > IMPLAUSIBLE_FRAMES_MAX * len(labels):
+        reasons.append("implausible_frames")
+    if not any(b["plausible"] for b in result.beats):
+        reasons.append("no_plausible_beat")
+    if len(efs) > 1 and float(np.ptp(efs)) > BEAT_EF_RANGE_MAX:
+        reasons.append("beats_disagree")
+    if lv_cut_off is not None and max(lv_cut_off[b["ed"]] for b in used) > LV_CUT_OFF_MAX:
+        reasons.append("lv_cut_off")
+    if not EF_PLAUSIBLE[0] <= result.ef <= EF_PLAUSIBLE[1]:
+        reasons.append("ef_implausible")
+    _verdict(result, reasons)
     return result
+
+
+def _verdict(result: Measurements, reasons: list[str]) -> None:
+    """Set the reliability verdict; an unreliable loop reports no EF (its beats keep theirs)."""
+    result.reliability_reasons = reasons
+    result.reliable = not reasons
+    if result.reliable:
+        spread = result.ef_spread or {}
+        result.reliability = (f"reliable: EF {result.ef:.0f} % (median of {spread.get('beats', 1)} beat(s), "
+                              f"range {spread.get('min', result.ef):.0f}–{spread.get('max', result.ef):.0f} %), "
+                              f"{result.implausible_frames or 0} of {result.frames} frames implausible")
+        return
+    details = []
+    for reason in reasons:
+        text = RELIABILITY_REASONS[reason]
+        if reason == "implausible_frames":
+            text += f" ({result.implausible_frames} of {result.frames})"
+        elif reason == "beats_disagree" and result.ef_spread:
+            text += f" ({result.ef_spread['min']:.0f}–{result.ef_spread['max']:.0f} %)"
+        elif reason == "ef_implausible" and result.ef is not None:
+            text += f" ({result.ef:.0f} %)"
+        details.append(text)
+    result.reliability = "unreliable, no EF reported: " + "; ".join(details)
+    result.ef = result.ef_disks = None
 
 
 def biplane_volumes(four_chamber: tuple[np.ndarray, np.ndarray], two_chamber: tuple[np.ndarray, np.ndarray],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .data import DataError, camus_frames, select
 from .engines import EngineError
-from .modelfolder import ModelFolderError, read_description
+from .modelfolder import ModelFolderError, read_description, resolve_model
 from .spec import TINY_ARCHITECTURE, TINY_PREPROCESSING
 from .train import TrainConfig, export_best, train
 
@@ -45,7 +45,8 @@ def train_command(args) -> int:
         init_from = str(init_folder.resolve())
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, bf16=args.bf16,
                          augment=not args.no_augment, lr_schedule=getattr(args, "lr_schedule", "constant"),
-                         init_from=init_from)
+                         init_from=init_from, keep=getattr(args, "keep", "best"),
+                         augmentation=getattr(args, "augmentation", "basic"))
     if args.tiny:
         config.architecture, config.preprocessing = dict(TINY_ARCHITECTURE), dict(TINY_PREPROCESSING)
     work = Path(args.work) if args.work else out.with_name(out.name + ".work")
@@ -62,21 +63,10 @@ def train_command(args) -> int:
     except ModelFolderError as exc:
         print(f"sonoloop train: {exc}", file=sys.stderr)
         return 2
-    best = max(history, key=lambda h: h.score)
-    print(f"wrote {out}: best epoch {best.epoch}, validation Dice "
+    best = history[-1] if config.keep == "last" else max(history, key=lambda h: h.score)
+    print(f"wrote {out}: {'last' if config.keep == 'last' else 'best'} epoch {best.epoch}, validation Dice "
           + ", ".join(f"{k} {v:.3f}" for k, v in best.val_dice.items()))
     return 0
-
-
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
-
-
-def resolve_model(name: str) -> Path:
-    if name == "default":
-        if not (DEFAULT_MODEL / "model.json").exists():
-            raise ModelFolderError(f"no default model is shipped in {DEFAULT_MODEL} yet; pass --model FOLDER")
-        return DEFAULT_MODEL
-    return Path(name)
 
 
 def evaluate_command(args) -> int:
@@ -89,42 +79,63 @@ def evaluate_command(args) -> int:
     except (ModelFolderError, DataError, EngineError) as exc:
         print(f"sonoloop evaluate: {exc}", file=sys.stderr)
         return 2
-    report, examples = evaluate(segmenter, frames, mirror=getattr(args, "mirror", False))
+    report, examples = evaluate(segmenter, frames, mirror=getattr(args, "mirror", False),
+                                resolution=getattr(args, "resolution", None))
     write_reports(report, examples, Path(args.json), args.markdown and Path(args.markdown), args.png and Path(args.png))
     print(markdown_table(report))
     return 0
 
 
 def predict_command(args) -> int:
+    """The worker's pipeline on one file: masks, overlay, measurements with the EF verdict,
+    and the DICOM SEG and SR it would store."""
+    import json
+
     import numpy as np
     from PIL import Image
+    from pydicom.filewriter import dcmwrite
 
+    from sonoloop import __version__
     from sonoloop.dicom.pixels import NoPixelData, all_frames
+    from sonoloop.dicom.seg import Device
+    from sonoloop.echo.analyse import DicomOutputs, analyse_loop
 
     from .evaluate import COLOURS
     from .infer import Segmenter
-    from .preprocess import FrameError, region_box
+    from .modelfolder import weights_digest
+    from .preprocess import FrameError
 
     try:
-        segmenter = Segmenter(resolve_model(args.model), engine=getattr(args, "engine", "auto"))
+        folder = resolve_model(args.model)
+        segmenter = Segmenter(folder, engine=getattr(args, "engine", "auto"))
     except (ModelFolderError, EngineError) as exc:
         print(f"sonoloop predict: {exc}", file=sys.stderr)
         return 2
+    name = str(segmenter.description.get("name") or folder.name)
+    version = str(segmenter.description.get("version") or weights_digest(folder, segmenter.description))
     try:
-        frames, header, bits = all_frames(Path(args.file))
-        box = region_box(header.get("SequenceOfUltrasoundRegions"), frames.shape[1], frames.shape[2])
-        labels = segmenter.predict(frames, box, bits_stored=bits)
+        frames, header, bits = all_frames(Path(args.file), luma=True)
+        analysis = analyse_loop(frames, header, bits, segmenter,
+                                outputs=DicomOutputs(name, version, Device(software_version=__version__),
+                                                     description=f"AI segmentation ({name})"))
     except (NoPixelData, FrameError) as exc:
         print(f"sonoloop predict: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # pydicom's decoders raise many kinds on a corrupt file
         print(f"sonoloop predict: {Path(args.file).name} cannot be read as a DICOM image: {exc}", file=sys.stderr)
         return 2
+    labels, measurements = analysis.labels, analysis.measurements
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for n, frame_labels in enumerate(labels, start=1):
         Image.fromarray(frame_labels).save(out / f"mask-{n:04d}.png")
-    middle = len(labels) // 2
+    (out / "measurements.json").write_text(json.dumps(measurements, indent=1))
+    written = ["measurements.json"]
+    for dataset, filename in ((analysis.segmentation, "seg.dcm"), (analysis.report, "sr.dcm")):
+        if dataset is not None:
+            dcmwrite(out / filename, dataset, enforce_file_format=True)
+            written.append(filename)
+    middle = measurements.get("ed_frame") if measurements.get("ed_frame") is not None else len(labels) // 2
     frame = frames[middle]
     rgb = (np.repeat(frame[..., None], 3, axis=2) if frame.ndim == 2 else frame[..., :3]).astype(np.float32)
     if bits > 8:
@@ -132,8 +143,9 @@ def predict_command(args) -> int:
     for label, colour in COLOURS.items():
         rgb[labels[middle] == label] = 0.55 * rgb[labels[middle] == label] + 0.45 * np.array(colour)
     Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(out / "overlay.png")
-    print(f"{len(labels)} frame masks ({', '.join(segmenter.classes)} = 0..{len(segmenter.classes) - 1}) "
-          f"and overlay.png (frame {middle + 1}) in {out}" + (" — cropped to the DICOM ultrasound region" if box else ""))
+    print(f"{len(labels)} frame masks ({', '.join(segmenter.classes)} = 0..{len(segmenter.classes) - 1}), "
+          f"overlay.png (frame {middle + 1}), {', '.join(written)} in {out}")
+    print(f"{measurements['implausible_frames']} of {len(labels)} frames implausible; EF {measurements['reliability']}")
     return 0
 
 

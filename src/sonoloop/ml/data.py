@@ -171,17 +171,45 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return item
 
 
-def ultrasound_augmentation():
-    """Geometric jitter and intensity changes echo frames see; no flips (anatomy has a side)."""
+AUGMENTATIONS = ("basic", "acquisition")
+
+
+def ultrasound_augmentation(kind: str = "basic"):
+    """Training augmentation on the prepared network input (preprocessing stays defined once).
+
+    ``basic`` (v1, v2): geometric jitter and intensity changes, no flips.
+    ``acquisition`` (v3): also what differs between machines and display conventions —
+    left–right flips (the classes keep their meaning), lower resolution (down to ~80 px and
+    back), depth (scale), sector width and position, gain, speckle and blur.
+    """
     from monai.transforms import (
-        Compose, RandAdjustContrastd, RandAffined, RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd,
+        Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised, RandGaussianSmoothd,
+        RandScaleIntensityd,
     )
 
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {kind!r}; use one of {', '.join(AUGMENTATIONS)}")
+    if kind == "basic":
+        return Compose([
+            RandAffined(keys=("image", "label"), prob=0.7, rotate_range=0.17, scale_range=0.1,
+                        translate_range=(16, 16), mode=("bilinear", "nearest"), padding_mode="zeros"),
+            RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
+            RandScaleIntensityd(keys="image", prob=0.3, factors=0.15),
+            RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+            RandGaussianNoised(keys="image", prob=0.2, std=0.03),
+        ])
+    from .augment import RandLowResolutiond, RandSectord, RandSpeckled, UnitClipd
+
     return Compose([
-        RandAffined(keys=("image", "label"), prob=0.7, rotate_range=0.17, scale_range=0.1, translate_range=(16, 16),
-                    mode=("bilinear", "nearest"), padding_mode="zeros"),
-        RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
-        RandScaleIntensityd(keys="image", prob=0.3, factors=0.15),
-        RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),  # (C, H, W): axis 1 is left–right
+        RandSectord(keys=("image", "label"), prob=0.3),
+        RandAffined(keys=("image", "label"), prob=0.8, rotate_range=0.2, scale_range=0.25,
+                    translate_range=(32, 24), mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandLowResolutiond(keys="image", prob=0.35),
+        RandAdjustContrastd(keys="image", prob=0.4, gamma=(0.6, 1.6)),
+        RandScaleIntensityd(keys="image", prob=0.4, factors=0.3),
+        RandSpeckled(keys="image", prob=0.3),
+        RandGaussianSmoothd(keys="image", prob=0.25, sigma_x=(0.25, 1.5), sigma_y=(0.25, 1.5)),
         RandGaussianNoised(keys="image", prob=0.2, std=0.03),
+        UnitClipd(keys="image"),
     ])

@@ -80,25 +80,83 @@ def summarise(per_frame: list[dict]) -> dict:
     return summary
 
 
-def evaluate(segmenter: Segmenter, frames: list[LabelledFrame], mirror: bool = False) -> tuple[dict, list[tuple]]:
+def at_resolution(image: np.ndarray, truth: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A frame and its labels as a machine storing ``size`` pixels on the long side would give
+    them (e.g. 112 for EchoNet-style loops): the image resampled (anti-aliased), the labels by
+    nearest neighbour, the aspect ratio kept."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    shape = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.asarray(Image.fromarray(image).resize(shape, Image.BILINEAR, reducing_gap=None))
+    return small, np.asarray(Image.fromarray(truth).resize(shape, Image.NEAREST))
+
+
+def _prepared(frame, mirror: bool, resolution: int | None) -> tuple[np.ndarray, np.ndarray]:
+    image, truth = frame.load()
+    if mirror:
+        image, truth = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(truth[:, ::-1])
+    if resolution:
+        image, truth = at_resolution(image, truth, resolution)
+    return image, truth
+
+
+def _predict(segmenter: Segmenter, frame, image: np.ndarray) -> np.ndarray:
+    """As inference sees the frame: a frame from a DICOM image brings its ultrasound region and bit depth."""
+    return segmenter.predict(image[None], getattr(frame, "box", None), getattr(frame, "bits_stored", None))[0]
+
+
+def ejection_fraction(ed: np.ndarray, es: np.ndarray) -> float | None:
+    """Single-plane area–length EF (%) from ED and ES label maps (LV = 1, LA = 3), pixel units."""
+    from sonoloop.echo.measure import Calibration, area_length_volume, long_axis
+
+    volumes = []
+    for labels in (ed, es):
+        axis = long_axis(labels == 1, labels == 3, Calibration())
+        if axis is None:
+            return None
+        volumes.append(area_length_volume(float((labels == 1).sum()), axis.length))
+    return round(100.0 * (volumes[0] - volumes[1]) / volumes[0], 2) if volumes[0] > 0 else None
+
+
+def ef_pairs(per_frame_masks: dict) -> list[dict]:
+    """EF from the model's and from the expert's masks for every patient and view whose ED and
+    ES frames were both evaluated."""
+    pairs = []
+    for (patient, view), phases in sorted(per_frame_masks.items()):
+        if "ED" in phases and "ES" in phases:
+            (ed_truth, ed_pred), (es_truth, es_pred) = phases["ED"], phases["ES"]
+            expert, model = ejection_fraction(ed_truth, es_truth), ejection_fraction(ed_pred, es_pred)
+            if expert is not None and model is not None:
+                pairs.append({"patient": patient, "view": view, "ef_expert": expert, "ef_model": model,
+                              "error": round(model - expert, 2)})
+    return pairs
+
+
+def evaluate(segmenter: Segmenter, frames: list[LabelledFrame], mirror: bool = False,
+             resolution: int | None = None) -> tuple[dict, list[tuple]]:
     """``mirror``: every frame and its labels flipped left–right, as echoes recorded in the
-    mirrored display convention (LV on the other side) look."""
-    per_frame, examples = [], []
+    mirrored display convention (LV on the other side) look. ``resolution``: frames and labels
+    resampled to that many pixels on the long side first, and scored there."""
+    per_frame, examples, masks = [], [], {}
     for frame in frames:
-        image, truth = frame.load()
-        if mirror:
-            image, truth = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(truth[:, ::-1])
-        prediction = segmenter.predict(image[None])[0]
+        image, truth = _prepared(frame, mirror, resolution)
+        prediction = _predict(segmenter, frame, image)
         per_frame.append({"frame": frame.frame_id, "patient": frame.patient, "view": frame.view,
                           "phase": frame.phase, "scores": frame_scores(prediction, truth)})
         examples.append((frame.frame_id, image, truth, prediction))
+        masks.setdefault((frame.patient, frame.view), {})[frame.phase] = (truth, prediction)
+    pairs = ef_pairs(masks)
     report = {"model": segmenter.description.get("name"), "frames": len(frames), "mirrored": mirror,
-              "summary": summarise(per_frame), "per_frame": per_frame}
+              "resolution": resolution, "summary": summarise(per_frame), "per_frame": per_frame,
+              "ef_pairs": pairs,
+              "ef_mean_absolute_error": round(float(np.mean([abs(p["error"]) for p in pairs])), 2) if pairs else None}
     return report, examples
 
 
 def markdown_table(report: dict) -> str:
     mirrored = ", mirrored left–right" if report.get("mirrored") else ""
+    if report.get("resolution"):
+        mirrored += f", resampled to {report['resolution']} px on the long side and scored there"
     lines = [f"Model `{report['model']}` on {report['frames']} frames{mirrored} (Dice / HD95 in pixels; HD95 against "
              "the reference without isolated label specks)", "",
              "| phase | " + " | ".join(STRUCTURES) + " |", "| --- |" + " --- |" * len(STRUCTURES)]
@@ -106,6 +164,12 @@ def markdown_table(report: dict) -> str:
         cells = [f"{s['dice']:.3f} / " + (f"{s['hd95_px']:.1f}" if s["hd95_px"] is not None else "n/a")
                  for s in structures.values()]
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    pairs = report.get("ef_pairs") or []
+    if pairs:
+        lines += ["", f"EF (single-plane area–length) from the model's ED/ES masks against the expert's, "
+                      f"{len(pairs)} patient view(s): mean absolute error {report['ef_mean_absolute_error']:.1f} points",
+                  "", "| patient | view | expert EF % | model EF % |", "| --- | --- | --- | --- |"]
+        lines += [f"| {p['patient']} | {p['view']} | {p['ef_expert']:.1f} | {p['ef_model']:.1f} |" for p in pairs]
     return "\n".join(lines) + "\n"
 
 
@@ -148,7 +212,7 @@ def mean_dice(segmenter: Segmenter, frames: list) -> dict[str, float]:
     totals = {name: 0.0 for name in STRUCTURES}
     for frame in frames:
         image, truth = frame.load()
-        prediction = segmenter.predict(image[None])[0]
+        prediction = _predict(segmenter, frame, image)
         for name, labels in STRUCTURES.items():
             totals[name] += dice(np.isin(prediction, labels), np.isin(truth, labels))
     return {name: round(total / len(frames), 4) for name, total in totals.items()}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .engines import build_engine
 from .modelfolder import load_model
-from .preprocess import Box, Geometry, prepare
+from .preprocess import Box, Geometry, loop_box, prepare
 
 
 def restore_labels(probabilities: torch.Tensor, geometry: Geometry) -> np.ndarray:
@@ -54,6 +54,25 @@ def keep_largest_components(labels: np.ndarray, classes: int) -> np.ndarray:
     return cleaned
 
 
+def fill_holes(labels: np.ndarray, classes: list[int]) -> np.ndarray:
+    """Whatever a cavity (``classes``, e.g. LV and LA) encloses completely belongs to it."""
+    from scipy import ndimage
+
+    filled = labels.copy()
+    for c in classes:
+        mask = labels == c
+        if mask.any():
+            filled[ndimage.binary_fill_holes(mask) & ~mask] = c
+    return filled
+
+
+def temporal_weights(sigma: float) -> np.ndarray:
+    """Gaussian weights over neighbouring frames, ``sigma`` in frames (radius 2σ)."""
+    radius = int(np.ceil(2 * sigma))
+    offsets = np.arange(-radius, radius + 1)
+    return np.exp(-0.5 * (offsets / sigma) ** 2)
+
+
 class Segmenter:
     """A model version ready to segment frames; ``engine`` is one of ``engines.ENGINES``."""
 
@@ -63,21 +82,53 @@ class Segmenter:
         self.size = int(self.description["preprocessing"]["size"])
         self.engine = build_engine(engine, self.network, self.size, device)
         self.classes = list(self.description["classes"])
-        self.largest_component = bool(self.description.get("postprocessing", {}).get("largest_component", True))
+        postprocessing = self.description.get("postprocessing", {})
+        self.largest_component = bool(postprocessing.get("largest_component", True))
+        self.filled = [self.classes.index(name) for name in postprocessing.get("fill_holes", [])
+                       if name in self.classes]
+
+    def postprocess(self, labels: np.ndarray) -> np.ndarray:
+        """The model folder's post-processing of one (H, W) label map."""
+        if self.largest_component:
+            labels = keep_largest_components(labels, len(self.classes))
+        if self.filled:
+            labels = fill_holes(labels, self.filled)
+        return labels
 
     def predict(self, frames: np.ndarray | list, box: Box | None = None, bits_stored: int | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                on_progress: Callable[[int, int], None] | None = None, temporal_sigma: float = 0.0) -> np.ndarray:
         """Label maps (N, H, W) uint8 for frames (N, H, W) or (N, H, W, 3), ``chunk`` frames per
         network call (1 by default: on a 2-core CPU larger batches were slower per frame, see
-        benchmarks/inference.py); ``on_progress(done, total)`` is called after each chunk."""
+        benchmarks/inference.py); ``on_progress(done, total)`` is called after each chunk.
+
+        A loop without ``box`` gets one sector box for all its frames (``loop_box``).
+        ``temporal_sigma`` > 0 (in frames) averages each frame's class probabilities with its
+        neighbours' (Gaussian weights, within 2σ) before the argmax: a cine is one heart over
+        time, and a frame's segmentation should not jump where its neighbours' do not."""
+        if box is None and len(frames) > 1:
+            box = loop_box(frames, bits_stored)
         prepared = [prepare(frame, self.size, box, bits_stored) for frame in frames]
-        out = []
+        weights = temporal_weights(temporal_sigma) if temporal_sigma > 0 and len(prepared) > 1 else np.ones(1)
+        radius = len(weights) // 2
+        window: dict[int, torch.Tensor] = {}  # network-space probabilities of the frames still needed
+        out: list[np.ndarray] = []
+
+        def emit(i: int) -> None:
+            lo, hi = max(0, i - radius), min(len(prepared) - 1, i + radius)
+            w = weights[lo - i + radius: hi - i + radius + 1]
+            mixed = sum(float(wk) * window[k] for wk, k in zip(w, range(lo, hi + 1))) / float(w.sum())
+            out.append(self.postprocess(restore_labels(mixed, prepared[i][1])))
+            window.pop(i - radius, None)
+
         for start in range(0, len(prepared), self.chunk):
             part = prepared[start: start + self.chunk]
             probabilities = self.engine(np.stack([x for x, _ in part])[:, None])
-            for p, (_, g) in zip(probabilities, part):
-                labels = restore_labels(p, g)
-                out.append(keep_largest_components(labels, len(self.classes)) if self.largest_component else labels)
+            for k, p in enumerate(probabilities, start=start):
+                window[k] = p
+                if k - radius >= 0:
+                    emit(k - radius)
             if on_progress is not None:
-                on_progress(len(out), len(prepared))
+                on_progress(min(start + len(part), len(prepared)), len(prepared))
+        for i in range(max(0, len(prepared) - radius), len(prepared)):
+            emit(i)
         return np.stack(out)

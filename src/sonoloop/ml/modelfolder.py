@@ -23,6 +23,29 @@ class ModelFolderError(ValueError):
     """The folder is not a usable model; the message names what is wrong."""
 
 
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+def resolve_model(name: str) -> Path:
+    """A model folder from a name: "default" is the shipped model, anything else a path."""
+    if name == "default":
+        if not (DEFAULT_MODEL / MODEL_JSON).exists():
+            raise ModelFolderError(f"no default model is shipped in {DEFAULT_MODEL} yet; pass --model FOLDER")
+        return DEFAULT_MODEL
+    return Path(name)
+
+
+def weights_digest(folder: Path, description: dict) -> str:
+    """The version of a model folder when model.json names none: the start of its weights' SHA-256."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(folder) / description.get("weights", {}).get("file", WEIGHTS), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def unique_state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with each tensor once (MONAI's DynUNet registers its blocks twice,
     under ``skip_layers`` too); safetensors refuses shared tensors."""

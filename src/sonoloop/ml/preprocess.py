@@ -76,6 +76,15 @@ def sector_box(gray: np.ndarray, threshold: float = 0.04, min_fraction: float = 
     return Box(int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
 
 
+def loop_box(frames, bits_stored: int | None = None, samples: int = 16) -> Box:
+    """One sector box for a whole loop: the sector of the brightest value each pixel takes in
+    up to ``samples`` frames spread over the loop. Every frame of a loop then shares one
+    geometry, so frames line up in the network's input (and can be compared over time)."""
+    picks = np.linspace(0, len(frames) - 1, num=min(samples, len(frames))).round().astype(int)
+    brightest = np.max([to_gray(frames[i], bits_stored) for i in picks], axis=0)
+    return sector_box(brightest)
+
+
 def region_box(regions, height: int, width: int) -> Box | None:
     """The largest 2D region of a DICOM Sequence of Ultrasound Regions, clipped to the frame."""
     best = None

@@ -15,7 +15,7 @@ import torch
 from monai.losses import DiceCELoss
 from safetensors.torch import load_file, save_file
 
-from .data import LabelledFrame, SegmentationDataset, patients, ultrasound_augmentation
+from .data import AUGMENTATIONS, LabelledFrame, SegmentationDataset, patients, ultrasound_augmentation
 from .modelfolder import load_model, load_unique_state, save_model, unique_state
 from .network import build_network
 from .spec import CLASSES, DEFAULT_ARCHITECTURE, DEFAULT_PREPROCESSING
@@ -39,12 +39,15 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | poly (nnU-Net's (1 - epoch/epochs)^0.9, set per epoch)
     init_from: str | None = None  # a model folder whose weights start the run (fine-tuning); its name is the parent
     keep: str = "best"  # best: the epoch with the best validation Dice; last: the final epoch (validation only reported)
+    augmentation: str = "basic"  # sonoloop.ml.data.AUGMENTATIONS: basic (v1, v2) | acquisition (flips, resolution, sector…)
 
     def __post_init__(self):
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', not {self.keep!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {self.augmentation!r}; use one of {', '.join(AUGMENTATIONS)}")
 
     def fingerprint(self) -> str:
         """What a checkpoint must match to be resumed (more epochs may be asked for)."""
@@ -62,7 +65,7 @@ class TrainConfig:
 LR_SCHEDULES = ("constant", "poly")
 # fields added after the first runs; left at these values they do not enter the fingerprint,
 # so checkpoints written before they existed still resume
-_OPTIONAL = {"lr_schedule": "constant", "init_from": None, "keep": "best"}
+_OPTIONAL = {"lr_schedule": "constant", "init_from": None, "keep": "best", "augmentation": "basic"}
 
 
 @dataclass
@@ -128,7 +131,7 @@ def train(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     size = config.preprocessing["size"]
-    augment = ultrasound_augmentation() if config.augment else None
+    augment = ultrasound_augmentation(config.augmentation) if config.augment else None
     if augment is not None:
         augment.set_random_state(config.seed)
     train_loader = torch.utils.data.DataLoader(
@@ -217,7 +220,7 @@ def export_best(work_dir: Path, folder: Path, config: TrainConfig, history: list
         "architecture": config.architecture,
         "classes": CLASSES,
         "preprocessing": config.preprocessing,
-        "postprocessing": {"largest_component": True},
+        "postprocessing": {"largest_component": True, "fill_holes": ["LV", "LA"]},
         "training": {
             "hyperparameters": {k: v for k, v in asdict(config).items() if k not in ("architecture", "preprocessing")},
             "data_source": data_source,

@@ -11,7 +11,6 @@ every ``sonoloop worker``) puts it back in the queue.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -62,8 +61,9 @@ def skip_reason(instance: Instance) -> str | None:
     return None
 
 
-def on_instance_indexed(sender, instance: Instance, created: bool, **kwargs) -> None:
-    if settings.CONFIG.auto_analysis:
+def on_instance_indexed(sender, instance: Instance, created: bool, derived: bool = False, **kwargs) -> None:
+    """A job for every image that arrives; none for the SEG and SR Sonoloop writes itself."""
+    if settings.CONFIG.auto_analysis and not derived:
         job_create(instance)
 
 
@@ -168,22 +168,14 @@ class ActiveModel:
 
     def __init__(self, folder: Path, engine: str):
         from sonoloop.ml.infer import Segmenter
+        from sonoloop.ml.modelfolder import weights_digest
 
         self.folder = folder
         self.segmenter = Segmenter(folder, engine=engine)
         description = self.segmenter.description
         self.name = str(description.get("name") or folder.name)
-        weights = folder / description.get("weights", {}).get("file", "weights.safetensors")
-        self.version = str(description.get("version") or _sha256(weights)[:12])
+        self.version = str(description.get("version") or weights_digest(folder, description))
         self.classes = list(description["classes"])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _model_lock = threading.Lock()
@@ -196,7 +188,7 @@ MODEL_FOLDER_PROVIDERS: list = []
 
 
 def active_model_folder() -> Path:
-    from sonoloop.ml.commands import resolve_model
+    from sonoloop.ml.modelfolder import resolve_model
 
     for provider in MODEL_FOLDER_PROVIDERS:
         folder = provider()
@@ -272,11 +264,11 @@ def _analyse(job: AnalysisJob) -> None:
     from pydicom.filewriter import dcmwrite
 
     from sonoloop.dicom.pixels import NoPixelData, all_frames
-    from sonoloop.dicom.seg import Algorithm, Device, SegmentationError, build_segmentation
-    from sonoloop.dicom.sr import build_measurement_report
+    from sonoloop.dicom.seg import Device
+    from sonoloop.echo.analyse import DicomOutputs, analyse_loop
     from sonoloop.ml.engines import EngineError
     from sonoloop.ml.modelfolder import ModelFolderError
-    from sonoloop.ml.preprocess import FrameError, region_box
+    from sonoloop.ml.preprocess import FrameError
     from sonoloop.web.archive.services import instance_path, instance_store
 
     try:
@@ -302,53 +294,33 @@ def _analyse(job: AnalysisJob) -> None:
             last_update[0] = time.monotonic()
             AnalysisJob.objects.filter(pk=job.pk).update(frames_done=done)
 
-    began = time.monotonic()
-    box = region_box(header.get("SequenceOfUltrasoundRegions"), frames.shape[1], frames.shape[2])
+    version = (AnalysisResult.objects.filter(instance=instance).aggregate(v=Max("version"))["v"] or 0) + 1
+    outputs = DicomOutputs(model.name, model.version,
+                           Device("Sonoloop", "Sonoloop", settings.CONFIG.ae_title, __version__),
+                           seg_series_number=900 + version, sr_series_number=950 + version,
+                           description=f"AI segmentation v{version} ({model.name})", device_uid=_device_uid())
     try:
-        labels = model.segmenter.predict(frames, box, bits_stored=bits, on_progress=progress)
+        analysis = analyse_loop(frames, header, bits, model.segmenter, outputs=outputs, on_progress=progress)
     except FrameError as exc:
         raise AnalysisError(f"a frame cannot be segmented: {exc}") from None
-    inference_seconds = time.monotonic() - began
     del frames
-
-    try:
-        measurements = measure(labels, model.classes, header)
-    except Exception as exc:  # the segmentation is still worth keeping: say what is missing
-        log.exception("measuring job %s failed", job.pk)
-        measurements = _no_measurements(len(labels), f"the measurements could not be made ({type(exc).__name__}: {exc})")
-    measurements["inference_seconds"] = round(inference_seconds, 2)
+    labels, measurements = analysis.labels, analysis.measurements
 
     buffer = io.BytesIO()
     np.savez_compressed(buffer, labels=labels)
     labels_key = results_store().put(buffer.getvalue())
 
-    version = (AnalysisResult.objects.filter(instance=instance).aggregate(v=Max("version"))["v"] or 0) + 1
     seg_uid = sr_uid = ""
-    try:
-        seg = build_segmentation(
-            header, labels, model.classes, Algorithm(model.name, model.version), series_number=900 + version,
-            device=Device("Sonoloop", "Sonoloop", settings.CONFIG.ae_title, __version__),
-            description=f"AI segmentation v{version} ({model.name})",
-        )
-    except SegmentationError as exc:
-        measurements.setdefault("flags", []).append(f"no DICOM Segmentation written: {exc}")
-    else:
+    for dataset in (analysis.segmentation, analysis.report):
+        if dataset is None:
+            continue
         out = io.BytesIO()
-        dcmwrite(out, seg, enforce_file_format=True)
-        instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title)
-        seg_uid = seg.SOPInstanceUID
-        try:
-            report = build_measurement_report(header, seg, measurements, algorithm=(model.name, model.version),
-                                              series_number=950 + version, device_uid=_device_uid())
-        except Exception as exc:  # the SEG and the measurements stand without it
-            log.exception("the measurement report of job %s could not be made", job.pk)
-            measurements.setdefault("flags", []).append(f"no measurement report (SR) written: {exc}")
-            report = None
-        if report is not None:
-            out = io.BytesIO()
-            dcmwrite(out, report, enforce_file_format=True)
-            instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title)
-            sr_uid = report.SOPInstanceUID
+        dcmwrite(out, dataset, enforce_file_format=True)
+        instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title, derived=True)
+        if dataset is analysis.segmentation:
+            seg_uid = dataset.SOPInstanceUID
+        else:
+            sr_uid = dataset.SOPInstanceUID
 
     for attempt in range(3):  # two runs on one instance finishing together: the second takes the next number
         try:
@@ -370,42 +342,11 @@ def _analyse(job: AnalysisJob) -> None:
                 raise
 
 
-def _no_measurements(frames: int, reason: str) -> dict:
-    from sonoloop.echo.measure import Calibration, Measurements
-
-    calibration = Calibration()
-    return Measurements(frames=frames, units=calibration.units, calibrated=False, areas={}, lv_length=[],
-                        flags=[reason]).as_dict()
-
-
 def _device_uid() -> str:
     """A stable UID for this Sonoloop installation as the observing device of its reports."""
     from pydicom.uid import generate_uid
 
     return generate_uid(entropy_srcs=[settings.CONFIG.ae_title, str(settings.CONFIG.data_dir)])
-
-
-def measure(labels: np.ndarray, classes: list[str], header) -> dict:
-    from sonoloop.dicom.views import apical_view
-    from sonoloop.echo.measure import Calibration, frame_times, measure_loop, r_wave_frames
-
-    lv = labels == classes.index("LV") if "LV" in classes else None
-    near = None
-    if lv is not None and lv.any():
-        _, rows, cols = np.nonzero(lv)
-        near = (float(rows.mean()), float(cols.mean()))
-    calibration = Calibration.from_regions(header.get("SequenceOfUltrasoundRegions"), near)
-    r_waves = None
-    times = frame_times(header)
-    if header.get("RWaveTimeVector") and times:
-        r_waves = r_wave_frames([float(t) for t in header.RWaveTimeVector], times)
-    frame_time = (times[1] - times[0]) if times and len(times) > 1 else None
-    result = measure_loop(labels, classes, calibration, r_waves, frame_time).as_dict()
-    result["ed_es_source"] = "R waves (ECG)" if r_waves else "LV area"
-    result["frame_times_ms"] = times
-    result["calibration"] = {"dx": calibration.dx, "dy": calibration.dy, "unit": calibration.unit}
-    result["view"] = apical_view(header)
-    return result
 
 
 def biplane_update(result: AnalysisResult) -> StudyMeasurement | None:
@@ -538,6 +479,22 @@ def job_summary(job: AnalysisJob) -> dict:
     }
 
 
+def ejection_fraction_summary(m: dict) -> dict:
+    """The EF with its verdict, in one place for API clients: ``value`` is None unless reliable."""
+    return {
+        "value": m.get("ef"),
+        "method": "single-plane area–length, median of the beats",
+        "reliable": bool(m.get("reliable")),
+        "verdict": m.get("reliability") or None,
+        "reasons": m.get("reliability_reasons", []),
+        "spread": m.get("ef_spread"),
+        "beats": [{"ed": b["ed"], "es": b["es"], "ef": b["ef"], "plausible": b.get("plausible", True)}
+                  for b in m.get("beats", [])],
+        "implausible_frames": m.get("implausible_frames"),
+        "frames": m.get("frames"),
+    }
+
+
 def result_summary(result: AnalysisResult) -> dict:
     return {
         "id": result.pk,
@@ -548,6 +505,7 @@ def result_summary(result: AnalysisResult) -> dict:
         "segmentation": result.seg_sop_instance_uid or None,
         "structured_report": result.sr_sop_instance_uid or None,
         "measurements": result.measurements,
+        "ejection_fraction": ejection_fraction_summary(result.measurements),
         "forwards": [forward_summary(f) for f in result.forwards.select_related("peer")],
         "created_at": result.created_at.isoformat(),
     }

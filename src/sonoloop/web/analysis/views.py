@@ -79,6 +79,7 @@ def instance_api_section(request, instance: Instance) -> dict:
         "jobs": [services.job_summary(j) for j in instance.analysis_jobs.select_related("instance", "result")],
         "results": results,
         "measurements": results[0]["measurements"] if results else None,
+        "ejection_fraction": results[0]["ejection_fraction"] if results else None,
     }
 
 

@@ -183,7 +183,7 @@ def annotation_export_seg(annotation: Annotation, user) -> str:
         description=f"Expert segmentation v{annotation.version} ({annotation.author.get_username()})")
     out = io.BytesIO()
     dcmwrite(out, seg, enforce_file_format=True)
-    instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title)
+    instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title, derived=True)
     with transaction.atomic():
         Annotation.objects.filter(pk=annotation.pk).update(seg_sop_instance_uid=seg.SOPInstanceUID)
         AnnotationEvent.objects.create(annotation=annotation, user=user, action="exported",

@@ -184,13 +184,15 @@ def _discard(written: Future, key: str) -> None:
     filestore().delete(key)
 
 
-def _index_when_durable(record: InstanceRecord, key: str, size: int, source_ae: str, written: Future):
+def _index_when_durable(record: InstanceRecord, key: str, size: int, source_ae: str, written: Future,
+                        derived: bool = False):
     for attempt in (1, 2):
         try:
             with transaction.atomic():
                 indexed = _index(record, key, size, source_ae)
                 # receivers (the analysis job) commit or roll back with the index row
-                instance_indexed.send(sender=Instance, instance=indexed[0], created=indexed[1] is None)
+                instance_indexed.send(sender=Instance, instance=indexed[0], created=indexed[1] is None,
+                                      derived=derived)
                 written.result()  # the row commits only once the file is fsynced in place
             return indexed
         except IntegrityError:
@@ -201,7 +203,8 @@ def _index_when_durable(record: InstanceRecord, key: str, size: int, source_ae: 
             forget_cached_parents()
 
 
-def instance_store(raw: bytes, *, source_ae: str = "", expected: tuple[str, str] | None = None) -> StoreResult:
+def instance_store(raw: bytes, *, source_ae: str = "", expected: tuple[str, str] | None = None,
+                   derived: bool = False) -> StoreResult:
     """Validate, durably write and index one DICOM instance (a complete DICOM file).
 
     The file is written under a new server-generated key (temporary name, fsync, rename,
@@ -210,7 +213,8 @@ def instance_store(raw: bytes, *, source_ae: str = "", expected: tuple[str, str]
     :class:`InvalidInstance` with the new file removed and nothing indexed.  Re-sending an
     existing SOP Instance UID follows ``SONOLOOP_DUPLICATE_POLICY``: ``replace`` (the
     default) swaps the index to the new copy in one transaction and then deletes the old
-    file; ``keep`` discards the new copy and keeps the first.
+    file; ``keep`` discards the new copy and keeps the first. ``derived``: an object Sonoloop
+    made itself (its SEG, SR), which receivers of ``instance_indexed`` need not analyse.
     """
     key = new_key()
     written = _file_writer().submit(filestore().put, raw, key)
@@ -221,7 +225,7 @@ def instance_store(raw: bytes, *, source_ae: str = "", expected: tuple[str, str]
             if existing is not None:
                 _discard(written, key)
                 return StoreResult(existing, created=False, replaced=False, kept_existing=True)
-        instance, old_key = _index_when_durable(record, key, len(raw), source_ae, written)
+        instance, old_key = _index_when_durable(record, key, len(raw), source_ae, written, derived)
     except BaseException:
         _discard(written, key)
         raise

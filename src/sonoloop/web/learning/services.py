@@ -71,7 +71,7 @@ def registry_ensure() -> ModelVersion:
     active = ModelVersion.objects.filter(is_active=True).first()
     if active is not None:
         return active
-    from sonoloop.ml.commands import resolve_model
+    from sonoloop.ml.modelfolder import resolve_model
 
     folder = resolve_model(settings.CONFIG.model).resolve()
     existing = ModelVersion.objects.filter(folder=str(folder)).first()

@@ -1,0 +1,250 @@
+"""The echo pipeline, one entry point for the worker, `sonoloop predict` and the benchmarks:
+frames → labels (temporally consistent) → plausibility and repair → measurements with an EF
+verdict → DICOM SEG → SR. No Django here: the caller stores what comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from sonoloop.dicom.views import apical_view
+from sonoloop.ml.infer import fill_holes, keep_largest_components
+from sonoloop.ml.preprocess import Box, loop_box, region_box, to_gray
+
+from . import quality
+from .measure import Calibration, Measurements, frame_times, measure_loop, r_wave_frames
+
+log = logging.getLogger("sonoloop.echo")
+
+LV_JUMP_MAX = 0.15  # a frame's LV area against the median of its ±2 neighbours (relative)
+REPAIR_GAP = 3  # frames: how far a repair looks for plausible neighbours
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """``temporal_sigma``: Gaussian smoothing of class probabilities along time, in frames (0:
+    off); ``repair``: implausible frames rebuilt from their plausible neighbours."""
+
+    temporal_sigma: float = 1.0
+    repair: bool = True
+
+    def as_dict(self) -> dict:
+        return {"temporal_sigma": self.temporal_sigma, "repair": self.repair}
+
+
+# What the worker did until issue 11, kept for before/after measurements (benchmarks/consistency.py)
+FRAME_BY_FRAME = PipelineSettings(temporal_sigma=0.0, repair=False)
+
+
+@dataclass(frozen=True)
+class DicomOutputs:
+    """Who made the SEG and SR, and where they go in the study."""
+
+    algorithm_name: str
+    algorithm_version: str
+    device: object  # sonoloop.dicom.seg.Device
+    seg_series_number: int = 900
+    sr_series_number: int = 950
+    description: str | None = None
+    device_uid: str | None = None
+
+
+@dataclass
+class EchoAnalysis:
+    labels: np.ndarray  # (N, H, W) uint8, the model's class indices
+    measurements: dict  # Measurements.as_dict() + header facts + quality + timings
+    segmentation: object | None = None  # pydicom Dataset
+    report: object | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+class PipelineError(ValueError):
+    """A loop that cannot be analysed; the message says why."""
+
+
+def analyse_loop(frames: np.ndarray, header, bits_stored: int, segmenter, *,
+                 settings: PipelineSettings = PipelineSettings(), outputs: DicomOutputs | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> EchoAnalysis:
+    """Every frame of one loop through ``segmenter`` (an ``ml.infer.Segmenter``), made
+    consistent over time, checked, measured, and (with ``outputs``) written as SEG and SR.
+
+    Raises ``ml.preprocess.FrameError`` for a frame that cannot be segmented."""
+    began = time.monotonic()
+    classes = list(segmenter.classes)
+    box = region_box(header.get("SequenceOfUltrasoundRegions"), frames.shape[1], frames.shape[2])
+    if box is None and len(frames) > 1:
+        box = loop_box(frames, bits_stored)
+    labels = segmenter.predict(frames, box, bits_stored=bits_stored, on_progress=on_progress,
+                               temporal_sigma=settings.temporal_sigma)
+    inference = time.monotonic() - began
+    sector = loop_sector(frames, bits_stored, box)
+    del frames
+
+    problems = loop_check(labels, classes, sector)
+    before = sum(1 for p in problems if p)
+    repaired: list[int] = []
+    if settings.repair and before:
+        labels, problems, repaired = repair(labels, classes, problems, sector, segmenter)
+    measured = True
+    try:
+        measurements = measure(labels, classes, header, problems, lv_cut_off(labels, classes, sector))
+    except Exception as exc:  # the segmentation is still worth keeping: say what is missing
+        log.exception("measuring a loop of %d frames failed", len(labels))
+        measurements = no_measurements(len(labels), f"the measurements could not be made "
+                                                    f"({type(exc).__name__}: {exc})")
+        measurements["implausible_frames"] = sum(1 for p in problems if p)
+        measured = False
+    lv_area = measurements["areas"].get("LV", [])
+    measurements["quality"] = {
+        "implausible_frames": measurements["implausible_frames"],
+        "implausible_before_repair": before,
+        "repaired_frames": repaired,
+        "problems": {str(i): p for i, p in enumerate(problems) if p},
+        "lv_area_noise": round(quality.curve_noise(lv_area), 4),
+        "pipeline": settings.as_dict(),
+    }
+    analysis = EchoAnalysis(labels, measurements)
+    if outputs is not None:
+        _dicom_outputs(analysis, header, classes, outputs, report=measured)
+    analysis.seconds = {"inference": round(inference, 2), "total": round(time.monotonic() - began, 2)}
+    measurements["inference_seconds"] = analysis.seconds["inference"]
+    return analysis
+
+
+def loop_sector(frames: np.ndarray, bits_stored: int, box: Box | None) -> np.ndarray:
+    """The loop's imaging sector in frame geometry, inside the crop box the model saw."""
+    picks = np.linspace(0, len(frames) - 1, num=min(16, len(frames))).round().astype(int)
+    brightest = np.max([to_gray(frames[i], bits_stored) for i in picks], axis=0)
+    sector = quality.sector_mask(brightest)
+    if box is not None:
+        inside = np.zeros_like(sector)
+        inside[box.top: box.bottom, box.left: box.right] = True
+        sector &= inside
+    return sector
+
+
+def loop_check(labels: np.ndarray, classes: list[str], sector: np.ndarray | None) -> list[list[str]]:
+    """Per frame, the failed plausibility criteria: the anatomical ones (``echo.quality``) and
+    a temporal one — the LV area jumping against the frame's neighbours."""
+    problems = quality.loop_problems(labels, classes, sector)
+    if "LV" in classes and len(labels) >= 5:
+        area = (labels == classes.index("LV")).sum(axis=(1, 2)).astype(np.float64)
+        for i in range(len(labels)):
+            neighbours = np.concatenate([area[max(0, i - 2): i], area[i + 1: i + 3]])
+            reference = float(np.median(neighbours))
+            if reference > 0 and abs(area[i] - reference) > LV_JUMP_MAX * reference:
+                problems[i].append("lv_jump")
+    return problems
+
+
+def repair(labels: np.ndarray, classes: list[str], problems: list[list[str]], sector, segmenter
+           ) -> tuple[np.ndarray, list[list[str]], list[int]]:
+    """Rebuild each implausible frame from the nearest plausible frames before and after it
+    (within REPAIR_GAP): a per-pixel vote of their label maps weighted by closeness in time,
+    post-processed like any prediction. A rebuilt frame is kept only if it fails fewer criteria
+    than the original (checked again with its neighbours)."""
+    labels = labels.copy()
+    plausible = [not p for p in problems]
+    candidates = {}
+    for i, ok in enumerate(plausible):
+        if ok:
+            continue
+        before = next((j for j in range(i - 1, max(-1, i - 1 - REPAIR_GAP), -1) if plausible[j]), None)
+        after = next((j for j in range(i + 1, min(len(labels), i + 1 + REPAIR_GAP)) if plausible[j]), None)
+        if before is None and after is None:
+            continue
+        votes = np.zeros((len(classes),) + labels.shape[1:], dtype=np.float32)
+        for j in (before, after):
+            if j is not None:
+                weight = 1.0 / abs(i - j)
+                for c in range(len(classes)):
+                    votes[c] += weight * (labels[j] == c)
+        candidates[i] = segmenter.postprocess(votes.argmax(0).astype(np.uint8))
+    if not candidates:
+        return labels, problems, []
+    trial = labels.copy()
+    for i, candidate in candidates.items():
+        trial[i] = candidate
+    rechecked = loop_check(trial, classes, sector)
+    repaired = []
+    for i in candidates:
+        if len(rechecked[i]) < len(problems[i]):
+            labels[i] = trial[i]
+            repaired.append(i)
+    final = loop_check(labels, classes, sector)
+    return labels, final, repaired
+
+
+def lv_cut_off(labels: np.ndarray, classes: list[str], sector: np.ndarray | None) -> list[float] | None:
+    """Per frame, the share of the LV border that lies on the sector's (or image's) edge."""
+    if "LV" not in classes or sector is None or not sector.any():
+        return None
+    edge = ~ndimage.binary_erosion(sector, iterations=2, border_value=0)
+    lv = classes.index("LV")
+    shares = []
+    for frame in labels:
+        mask = frame == lv
+        border = mask & ~ndimage.binary_erosion(mask, border_value=0)
+        shares.append(float((border & edge).sum() / border.sum()) if border.any() else 0.0)
+    return shares
+
+
+def measure(labels: np.ndarray, classes: list[str], header, problems: list[list[str]] | None = None,
+            cut_off: list[float] | None = None) -> dict:
+    """``measure_loop`` with what the header says: calibration, R waves, frame times, view."""
+    lv = labels == classes.index("LV") if "LV" in classes else None
+    near = None
+    if lv is not None and lv.any():
+        _, rows, cols = np.nonzero(lv)
+        near = (float(rows.mean()), float(cols.mean()))
+    calibration = Calibration.from_regions(header.get("SequenceOfUltrasoundRegions"), near)
+    r_waves = None
+    times = frame_times(header)
+    if header.get("RWaveTimeVector") and times:
+        r_waves = r_wave_frames([float(t) for t in header.RWaveTimeVector], times)
+    frame_time = (times[1] - times[0]) if times and len(times) > 1 else None
+    result = measure_loop(labels, classes, calibration, r_waves, frame_time, problems, cut_off).as_dict()
+    result["ed_es_source"] = "R waves (ECG)" if r_waves else "LV area"
+    result["frame_times_ms"] = times
+    result["calibration"] = {"dx": calibration.dx, "dy": calibration.dy, "unit": calibration.unit}
+    result["view"] = apical_view(header)
+    return result
+
+
+def no_measurements(frames: int, reason: str) -> dict:
+    """What a result records when measuring itself failed."""
+    calibration = Calibration()
+    result = Measurements(frames=frames, units=calibration.units, calibrated=False, areas={}, lv_length=[],
+                          flags=[reason], reliability=f"unreliable, no EF reported: {reason}").as_dict()
+    return result
+
+
+def _dicom_outputs(analysis: EchoAnalysis, header, classes: list[str], outputs: DicomOutputs,
+                   report: bool = True) -> None:
+    """The SEG, and the SR when there are measurements to report."""
+    from sonoloop.dicom.seg import Algorithm, SegmentationError, build_segmentation
+    from sonoloop.dicom.sr import build_measurement_report
+
+    flags = analysis.measurements.setdefault("flags", [])
+    try:
+        analysis.segmentation = build_segmentation(
+            header, analysis.labels, classes, Algorithm(outputs.algorithm_name, outputs.algorithm_version),
+            series_number=outputs.seg_series_number, device=outputs.device, description=outputs.description)
+    except SegmentationError as exc:
+        flags.append(f"no DICOM Segmentation written: {exc}")
+        return
+    if not report:
+        return
+    try:
+        analysis.report = build_measurement_report(
+            header, analysis.segmentation, analysis.measurements,
+            algorithm=(outputs.algorithm_name, outputs.algorithm_version),
+            series_number=outputs.sr_series_number, device_uid=outputs.device_uid)
+    except Exception as exc:  # the SEG and the measurements stand without it
+        flags.append(f"no measurement report (SR) written: {type(exc).__name__}: {exc}")
