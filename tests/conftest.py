@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sonoloop.dicom.samples import sample_path
+from sonoloop.dicom.samples import sample_path, write_cut
 
 ADMIN_PASSWORD = "admin-test-password"
 
@@ -153,7 +153,7 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def samples() -> dict[str, Path]:
+def samples(tmp_path_factory) -> dict[str, Path]:
     names = {
         "cine_jpeg": "color3d_jpeg_baseline.dcm",
         "cine_30": "examples_ybr_color.dcm",  # the same kind of echo, 30 frames, shipped by pydicom itself
@@ -168,7 +168,11 @@ def samples() -> dict[str, Path]:
         "seg": "liver.dcm",
         "sr": "test-SR.dcm",
     }
-    return {key: sample_path(name) for key, name in names.items()}
+    found = {key: sample_path(name) for key, name in names.items()}
+    # two seconds of the 120-frame cine (frames 11–70: two complete heart cycles), its JPEG
+    # frames copied as they are — a real loop with beats, at half the cost of the whole one
+    found["cine_60"] = write_cut(found["cine_jpeg"], tmp_path_factory.mktemp("samples") / "cine_60.dcm", 10, 60)
+    return found
 
 
 def have(tool: str) -> bool:

@@ -43,3 +43,25 @@ def write_copies(source: Path, out_dir: Path, count: int, per_study: int = 1, pr
         template.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_cut(source: Path, out_path: Path, first: int, count: int) -> Path:
+    """Frames ``first``..``first + count - 1`` of a cine as a new instance (new UIDs), the
+    compressed frames copied as they are (no re-encoding)."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = dcmread(source)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 0 <= first < first + count <= frames:
+        raise ValueError(f"frames {first}..{first + count - 1} are not all in this {frames}-frame cine")
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        kept = list(generate_frames(ds.PixelData, number_of_frames=frames))[first: first + count]
+        ds.PixelData = encapsulate(kept)
+    else:
+        size = len(ds.PixelData) // frames
+        ds.PixelData = ds.PixelData[first * size: (first + count) * size]
+    ds.NumberOfFrames = count
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.save_as(out_path, enforce_file_format=True)
+    return out_path

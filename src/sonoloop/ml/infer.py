@@ -54,15 +54,32 @@ def keep_largest_components(labels: np.ndarray, classes: int) -> np.ndarray:
     return cleaned
 
 
-def fill_holes(labels: np.ndarray, classes: list[int]) -> np.ndarray:
-    """Whatever a cavity (``classes``, e.g. LV and LA) encloses completely belongs to it."""
+def enclosed(mask: np.ndarray) -> np.ndarray:
+    """The pixels outside ``mask`` that it encloses completely (its holes, 4-connected): the
+    parts of the complement that do not reach the border of the mask's bounding box. One
+    labelling pass over that box — several times faster than ``binary_fill_holes``."""
     from scipy import ndimage
 
+    holes = np.zeros_like(mask, dtype=bool)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return holes
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    outside, count = ndimage.label(~mask[box])
+    if count == 0:
+        return holes
+    reaching = np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]]))
+    holes[box] = (outside > 0) & ~np.isin(outside, reaching)
+    return holes
+
+
+def fill_holes(labels: np.ndarray, classes: list[int]) -> np.ndarray:
+    """Whatever a cavity (``classes``, e.g. LV and LA) encloses completely belongs to it."""
     filled = labels.copy()
     for c in classes:
         mask = labels == c
         if mask.any():
-            filled[ndimage.binary_fill_holes(mask) & ~mask] = c
+            filled[enclosed(mask)] = c
     return filled
 
 

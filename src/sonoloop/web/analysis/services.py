@@ -362,6 +362,11 @@ def biplane_update(result: AnalysisResult) -> StudyMeasurement | None:
     if other is None:
         return None
     four, two = (result, other) if view == "A4C" else (other, result)
+    unreliable = [name for name, r in (("apical 4-chamber", four), ("apical 2-chamber", two))
+                  if not r.measurements.get("reliable", True)]
+    if unreliable:  # biplane volumes from an unreliable beat would mislead as much as its EF
+        return StudyMeasurement.objects.create(study=study, four_chamber=four, two_chamber=two, values={
+            "flags": [f"no biplane volumes: the {' and '.join(unreliable)} loop's EF is unreliable"]})
     phases = []
     for r in (four, two):
         m = r.measurements
