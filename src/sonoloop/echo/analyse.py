@@ -84,7 +84,6 @@ def analyse_loop(frames: np.ndarray, header, bits_stored: int, segmenter, *,
                                temporal_sigma=settings.temporal_sigma)
     inference = time.monotonic() - began
     sector = loop_sector(frames, bits_stored, box)
-    del frames
 
     problems = loop_check(labels, classes, sector)
     before = sum(1 for p in problems if p)
