@@ -46,7 +46,7 @@ def start(work: Path) -> tuple[subprocess.Popen, int, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SONOLOOP_") and k != "DATABASE_URL"}
     env.update(SONOLOOP_DATA_DIR=str(work / "data"), SONOLOOP_DICOM_HOST="127.0.0.1", SONOLOOP_HTTP_HOST="127.0.0.1",
                SONOLOOP_DICOM_PORT=str(dicom_port), SONOLOOP_HTTP_PORT=str(http_port),
-               SONOLOOP_ADMIN_PASSWORD=PASSWORD, SONOLOOP_WEB_WORKERS="1")
+               SONOLOOP_ADMIN_PASSWORD=PASSWORD, SONOLOOP_WEB_WORKERS="1", SONOLOOP_DICOM_OPEN_STORE="1")
     sonoloop = str(Path(sys.executable).with_name("sonoloop"))
     process = subprocess.Popen([sonoloop, "serve"], env=env, stdout=(work / "serve.log").open("w"),
                                stderr=subprocess.STDOUT, start_new_session=True)

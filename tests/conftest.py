@@ -131,6 +131,9 @@ def make_server(tmp_path: Path, **extra_env: str) -> Server:
         # the model would segment every image these tests send; the tests of the analysis
         # pipeline turn it back on
         SONOLOOP_AUTO_ANALYSIS="0",
+        # most tests send with storescu under made-up AE titles: an open node, as documented;
+        # the tests of who may store turn it off
+        SONOLOOP_DICOM_OPEN_STORE="1",
     )
     env.update(extra_env)
     tmp_path.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,12 @@ configuration before starting anything.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_DATA_DIR = "sonoloop-data"
 DUPLICATE_POLICIES = ("replace", "keep")
@@ -94,16 +96,22 @@ class Config:
     debug: bool = False
     allowed_hosts: tuple[str, ...] = ("*",)
     strict_peers: bool = False
+    open_store: bool = False  # unknown calling AEs may store (a zero-config node on a trusted network)
     max_associations: int = 16
     acse_timeout: int = 30
     dimse_timeout: int = 60
     network_timeout: int = 120
     max_pdu: int = 0  # 0 = unlimited, what most archives accept
     max_instance_mb: int = 2048
+    max_decoded_mb: int = 4096  # an image whose pixels decode to more is refused (decompression bombs)
     duplicate_policy: str = "replace"
+    sqlite_synchronous: str = "FULL"  # or NORMAL: faster commits, the last ones lost on a power cut
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
+    public_url: str = ""  # the address people and viewers use, e.g. https://echo.hospital.example
+    https_cert: str = ""  # gunicorn serves HTTPS itself with these (else a TLS proxy in front)
+    https_key: str = ""
     web_workers: int = 2
     task_workers: int = 1
     auto_analysis: bool = True  # segment and measure every stored echo
@@ -121,7 +129,17 @@ class Config:
         policy = _env_str(env, "SONOLOOP_DUPLICATE_POLICY", "replace").lower()
         if policy not in DUPLICATE_POLICIES:
             raise ConfigError(f"SONOLOOP_DUPLICATE_POLICY must be one of {', '.join(DUPLICATE_POLICIES)}, got {policy!r}")
-        hosts = tuple(h.strip() for h in _env_str(env, "SONOLOOP_ALLOWED_HOSTS", "*").split(",") if h.strip())
+        synchronous = _env_str(env, "SONOLOOP_SQLITE_SYNCHRONOUS", "FULL").upper()
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ConfigError(f"SONOLOOP_SQLITE_SYNCHRONOUS must be FULL or NORMAL, got {synchronous!r}")
+        public_url = _env_str(env, "SONOLOOP_PUBLIC_URL").rstrip("/")
+        if public_url and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", public_url):
+            raise ConfigError(f"SONOLOOP_PUBLIC_URL must be a scheme and a host, like https://echo.hospital.example "
+                              f"(no path), got {public_url!r}")
+        public_host = urlsplit(public_url).hostname if public_url else ""
+        default_hosts = f"{public_host},localhost,127.0.0.1" if public_host else "*"
+        hosts = tuple(h.strip() for h in _env_str(env, "SONOLOOP_ALLOWED_HOSTS", default_hosts).split(",")
+                      if h.strip())
         config = cls(
             data_dir=data_dir,
             http_host=_env_str(env, "SONOLOOP_HTTP_HOST", "0.0.0.0"),
@@ -133,16 +151,22 @@ class Config:
             debug=_env_bool(env, "SONOLOOP_DEBUG", False),
             allowed_hosts=hosts or ("*",),
             strict_peers=_env_bool(env, "SONOLOOP_DICOM_STRICT", False),
+            open_store=_env_bool(env, "SONOLOOP_DICOM_OPEN_STORE", False),
             max_associations=_env_int(env, "SONOLOOP_DICOM_MAX_ASSOCIATIONS", 16, 1),
             acse_timeout=_env_int(env, "SONOLOOP_DICOM_ACSE_TIMEOUT", 30, 1),
             dimse_timeout=_env_int(env, "SONOLOOP_DICOM_DIMSE_TIMEOUT", 60, 1),
             network_timeout=_env_int(env, "SONOLOOP_DICOM_NETWORK_TIMEOUT", 120, 1),
             max_pdu=_env_int(env, "SONOLOOP_DICOM_MAX_PDU", 0, 0),
             max_instance_mb=_env_int(env, "SONOLOOP_MAX_INSTANCE_MB", 2048, 1),
+            max_decoded_mb=_env_int(env, "SONOLOOP_MAX_DECODED_MB", 4096, 1),
             duplicate_policy=policy,
+            sqlite_synchronous=synchronous,
             tls_cert=_env_str(env, "SONOLOOP_DICOM_TLS_CERT"),
             tls_key=_env_str(env, "SONOLOOP_DICOM_TLS_KEY"),
             tls_ca=_env_str(env, "SONOLOOP_DICOM_TLS_CA"),
+            public_url=public_url,
+            https_cert=_env_str(env, "SONOLOOP_HTTPS_CERT"),
+            https_key=_env_str(env, "SONOLOOP_HTTPS_KEY"),
             web_workers=_env_int(env, "SONOLOOP_WEB_WORKERS", 2, 1),
             task_workers=_env_int(env, "SONOLOOP_TASK_WORKERS", 1, 0),
             auto_analysis=_env_bool(env, "SONOLOOP_AUTO_ANALYSIS", True),
@@ -152,9 +176,16 @@ class Config:
             camus_dir=_env_str(env, "SONOLOOP_CAMUS_DIR", ""),
             promotion_margin=_env_float(env, "SONOLOOP_PROMOTION_MARGIN", 0.01, 0.0, 1.0),
         )
+        if bool(config.https_cert) != bool(config.https_key):
+            raise ConfigError("SONOLOOP_HTTPS_CERT and SONOLOOP_HTTPS_KEY must be set together")
         if bool(config.tls_cert) != bool(config.tls_key):
             raise ConfigError("SONOLOOP_DICOM_TLS_CERT and SONOLOOP_DICOM_TLS_KEY must be set together")
         return config
+
+    @property
+    def https(self) -> bool:
+        """People reach the site over HTTPS: secure cookies, HSTS, redirects from HTTP."""
+        return self.public_url.startswith("https://") or bool(self.https_cert)
 
     @property
     def uses_sqlite(self) -> bool:
@@ -191,22 +222,59 @@ class Config:
             return from_env
         path = self.data_dir / "secret_key"
         try:
-            return path.read_text().strip()
+            key = path.read_text().strip()
         except FileNotFoundError:
+            key = ""
+        if key:
+            return key
+        make_private_dir(self.data_dir)
+        write_private_file(path, secrets.token_urlsafe(50))
+        return path.read_text().strip()
+
+
+def make_private_dir(path: Path) -> None:
+    """Create a folder (and its missing parents) readable by this user only: it holds patient data."""
+    missing = []
+    folder = path
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
             pass
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(50)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write a start-up file (0600) atomically: a temporary file, fsync, rename, folder fsync.
+    A crash leaves the old file or the new one, never an empty one; of two processes racing to
+    create it, the first rename wins and both read the same text back."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
         with os.fdopen(fd, "w") as fh:
-            fh.write(key)
-        return key
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists() and path.read_text().strip():
+            temp.unlink()  # another process won
+            return
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def check_data_dir(config: Config) -> list[str]:
     problems = []
     for folder in (config.data_dir, config.objects_dir, config.tmp_dir):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_private_dir(folder)
             probe = folder / f".write-test-{os.getpid()}"
             probe.write_bytes(b"ok")
             probe.unlink()
@@ -240,8 +308,9 @@ def check_startup(config: Config) -> list[str]:
     else:
         problems += check_port_free(config.http_host, config.http_port, "web", "SONOLOOP_HTTP_PORT")
         problems += check_port_free(config.dicom_host, config.dicom_port, "DICOM", "SONOLOOP_DICOM_PORT")
-    for variable in ("tls_cert", "tls_key", "tls_ca"):
+    for variable in ("tls_cert", "tls_key", "tls_ca", "https_cert", "https_key"):
         path = getattr(config, variable)
+        name = f"SONOLOOP_{variable.upper()}" if variable.startswith("https") else f"SONOLOOP_DICOM_{variable.upper()}"
         if path and not Path(path).is_file():
-            problems.append(f"SONOLOOP_DICOM_{variable.upper()} points to {path}, which is not a readable file")
+            problems.append(f"{name} points to {path}, which is not a readable file")
     return problems

@@ -64,8 +64,11 @@ def children(config: Config) -> list[Child]:
             "--timeout", "300",
             "--graceful-timeout", "20",
             "--access-logfile", "-",
+            # the path without its query string: searches carry patient names (PHI stays out of logs)
+            "--access-logformat", '%(h)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms',
             "--error-logfile", "-",
             "--no-control-socket",
+            *(["--certfile", config.https_cert, "--keyfile", config.https_key] if config.https_cert else []),
         ),
     )
     dicom = Child("DICOM node", _python("-m", "sonoloop.cli", "manage", "dicomnode"))

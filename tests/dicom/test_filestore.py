@@ -1,4 +1,6 @@
 import os
+import subprocess
+import time
 
 import pytest
 
@@ -21,11 +23,22 @@ def test_paths_are_never_built_from_other_strings(tmp_path, bad_key):
         store.path(bad_key)
 
 
-def test_partial_files_from_a_crash_are_cleaned(tmp_path):
+def test_partial_files_of_dead_writers_are_cleaned_and_live_ones_kept(tmp_path):
+    from sonoloop.dicom import filestore
+
     store = FileStore(tmp_path / "objects", tmp_path / "tmp")
-    (tmp_path / "tmp" / "abc.part").write_bytes(b"half")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    crashed = tmp_path / "tmp" / f"{filestore._WRITER}-{dead.pid}-{'a' * 32}.part"
+    in_progress = tmp_path / "tmp" / f"{filestore._WRITER}-{os.getpid()}-{'b' * 32}.part"
+    elsewhere = tmp_path / "tmp" / f"otherhost-{dead.pid}-{'c' * 32}.part"
+    for path in (crashed, in_progress, elsewhere):
+        path.write_bytes(b"half")
     assert store.clean_partials() == 1
-    assert not (tmp_path / "tmp" / "abc.part").exists()
+    assert not crashed.exists() and in_progress.exists() and elsewhere.exists()
+    old = time.time() - 2 * 24 * 3600
+    os.utime(elsewhere, (old, old))
+    assert store.clean_partials() == 1 and not elsewhere.exists()
 
 
 def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):

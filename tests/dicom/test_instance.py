@@ -68,3 +68,16 @@ def test_dataset_that_contradicts_the_request_is_refused(samples):
 @pytest.mark.parametrize("uid, ok", [("1.2.840.10008.1.2", True), ("1..2", False), ("1.2.a", False), ("1." * 40, False)])
 def test_uid_syntax(uid, ok):
     assert is_valid_uid(uid) is ok
+
+
+def test_a_decompression_bomb_is_refused_before_anything_decodes_it(samples):
+    """A 6 MB JPEG cine whose 120 frames declare 4096² RGB pixels: 6 GB once decoded."""
+    raw = samples["cine_jpeg"].read_bytes()
+    _, record = read_instance(raw, max_decoded_bytes=111 * 1000**2)  # 120 × 480 × 640 × 3 = 110.6 MB
+    assert record.number_of_frames == 120
+    with pytest.raises(InvalidInstance, match="would decode to 110592000 bytes"):
+        read_instance(raw, max_decoded_bytes=110 * 1000**2)
+    bomb = file_bytes(samples["cine_jpeg"], Rows=4096, Columns=4096)
+    with pytest.raises(InvalidInstance, match="would decode to") as refused:
+        read_instance(bomb, max_decoded_bytes=4 * 1024**3)
+    assert refused.value.status == status.TOO_LARGE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -58,10 +59,11 @@ def findscu(server, model: str, keys: list[str], out: Path, aet: str = "QRSCU") 
 
 @pytest.fixture(scope="module")
 def loaded(server, samples):
-    """Every sample stored with storescu; the query peer registered with the CLI. (The 30-frame
-    cine is a cut of the 120-frame one with the same SOP Instance UID: it would replace it.)"""
+    """Every sample stored with storescu; the query peer registered with the CLI. The cuts of the
+    120-frame cine are left out: the 30-frame one has its SOP Instance UID (it would replace it),
+    and the 60-frame one is a second instance of the same patient and study."""
     server.cli("peer", "add", "QRSCU", "--host", "127.0.0.1", "--port", "1", "--query")
-    samples = {key: path for key, path in samples.items() if key != "cine_30"}
+    samples = {key: path for key, path in samples.items() if key not in ("cine_30", "cine_60")}
     for key, path in samples.items():
         result = storescu(server, path)
         assert result.returncode == 0 and "E:" not in result.stderr, f"{key}: {result.stderr}"
@@ -223,6 +225,56 @@ def test_missing_uid_gets_a_failure_status_and_the_node_keeps_serving(server, lo
         assoc.release()
 
 
+def test_another_device_cannot_move_a_study_to_another_patient_or_blank_an_image(server, loaded, tmp_path):
+    """The attacks of issue 12: a known Study UID under another Patient ID, and a re-send of a
+    stored SOP Instance with blank pixels from another AE. Neither changes what is stored."""
+    stored = dcmread(loaded["us_native"])
+    hijack = dcmread(loaded["us_native"])
+    hijack.PatientID, hijack.PatientName = "EVIL-1", "Someone^Else"
+    hijack.SOPInstanceUID = hijack.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.999010"
+    blank = dcmread(loaded["us_native"])
+    blank.PixelData = bytes(len(blank.PixelData))
+    assoc = _associate(server, [build_context(UltrasoundImageStorage, "1.2.840.10008.1.2.1")], aet="ROGUE")
+    try:
+        assert assoc.send_c_store(hijack).Status == 0x0124
+        assert assoc.send_c_store(blank).Status == 0x0000  # accepted, the first copy kept
+    finally:
+        assoc.release()
+    studies = findscu(server, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={stored.StudyInstanceUID}",
+                                     "PatientID", "NumberOfStudyRelatedInstances"], tmp_path)
+    assert [(s.PatientID, int(s.NumberOfStudyRelatedInstances)) for s in studies] == [(stored.PatientID, 2)]
+    copies = [dcmread(p) for p in (server.data_dir / "objects").rglob("*.dcm")]
+    kept = [c for c in copies if c.SOPInstanceUID == stored.SOPInstanceUID]
+    assert len(kept) == 1 and kept[0].PixelData == stored.PixelData
+    assert "EVIL-1" not in {c.PatientID for c in copies}
+    assert "study " + stored.StudyInstanceUID + " belongs to another patient" in server.log()
+
+
+def test_a_fresh_node_lets_unknown_aes_echo_and_registered_peers_store_and_query_from_their_host(tmp_path, samples):
+    srv = make_server(tmp_path, SONOLOOP_DICOM_OPEN_STORE="0").start()
+    try:
+        echo = subprocess.run(["echoscu", "-aet", "LAPTOP", "-aec", srv.ae_title, "127.0.0.1", str(srv.dicom_port)],
+                              capture_output=True, text=True, timeout=30)
+        assert echo.returncode == 0, echo.stderr
+        refused = storescu(srv, samples["us_rle_palette"], aet="LAPTOP")
+        assert re.search(r"Store Response \(.*0x0?124\)", refused.stderr), refused.stderr
+        assert list((srv.data_dir / "objects").rglob("*.dcm")) == []
+        srv.cli("peer", "add", "MODALITY1", "--host", "127.0.0.1", "--port", "104", "--store")
+        assert storescu(srv, samples["us_rle_palette"], aet="MODALITY1").returncode == 0
+        # a query peer's AE title claimed from another host gets nothing
+        srv.cli("peer", "add", "PACS", "--host", "127.0.0.2", "--port", "104", "--query")
+        query = ["findscu", "-v", "-S", "-aet", "PACS", "-aec", srv.ae_title, "-k", "QueryRetrieveLevel=STUDY",
+                 "-k", "StudyInstanceUID", "127.0.0.1", str(srv.dicom_port)]
+        elsewhere = subprocess.run(query, capture_output=True, text=True, timeout=30)
+        assert "(Pending)" not in elsewhere.stderr, elsewhere.stderr
+        assert "C-FIND refused: PACS at 127.0.0.1 may not query" in srv.log()
+        srv.cli("peer", "add", "PACS", "--host", "127.0.0.1", "--port", "104", "--query")
+        at_home = subprocess.run(query, capture_output=True, text=True, timeout=30)
+        assert at_home.returncode == 0 and "Find Response: 1 (Pending)" in at_home.stderr, at_home.stderr
+    finally:
+        assert srv.stop() == 0
+
+
 def test_unsupported_transfer_syntax_is_rejected_at_negotiation(server):
     mpeg2 = "1.2.840.10008.1.2.4.100"
     ae = AE(ae_title="MPEGSCU")
@@ -274,10 +326,13 @@ def test_tls_node_answers_echo_over_tls_only(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     srv = make_server(tmp_path / "srv", SONOLOOP_DICOM_TLS_CERT=str(cert), SONOLOOP_DICOM_TLS_KEY=str(key)).start()
+    # a client that connects and never says hello does not hold up anybody else
+    silent = socket.create_connection(("127.0.0.1", srv.dicom_port))
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
         context.check_hostname = False
         ae = AE(ae_title="TLSSCU")
+        ae.acse_timeout = ae.network_timeout = 10
         ae.add_requested_context(Verification)
         secure = ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title, tls_args=(context, None))
         assert secure.is_established
@@ -286,4 +341,5 @@ def test_tls_node_answers_echo_over_tls_only(tmp_path):
         plain = ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title)
         assert not plain.is_established
     finally:
+        silent.close()
         assert srv.stop() == 0

@@ -129,6 +129,11 @@ def test_an_annotator_saves_versions_that_never_change(echo):
     ({"masks": {"5": {"encoding": "rle", "counts": [0, ROWS * COLUMNS - 1]}}}, "the frame has 240×320"),
     ({"masks": {"5": {"encoding": "rle", "counts": [7, ROWS * COLUMNS]}}}, r"label value\(s\) \[7\]"),
     ({"masks": {"5": {"encoding": "rle", "counts": [1.5, ROWS * COLUMNS]}}}, "whole numbers"),
+    # run lengths whose int64 sum wraps around to rows × columns (a heap overflow in np.repeat)
+    ({"masks": {"5": {"encoding": "rle", "counts": [1, 2**62, 1, 2**62, 1, 2**62, 1, 2**62 + ROWS * COLUMNS]}}},
+     "every run length must be from 1 to"),
+    ({"masks": {"5": {"encoding": "rle", "counts": [1, 2**64, 0, ROWS * COLUMNS]}}}, "every run length"),
+    ({"masks": {"5": {"encoding": "rle", "counts": [0, 1] * (ROWS * COLUMNS + 1)}}}, "runs for a frame of"),
     ({"masks": {"5": {"encoding": "png", "counts": [0, ROWS * COLUMNS]}}}, "encoding 'rle'"),
     ({"masks": {"6": {"encoding": "rle", "counts": [0, ROWS * COLUMNS]}}}, "one entry per frame"),
     ({"classes": {"1": "LV", "2": "MYO", "3": "RV"}}, "classes must be the class map"),

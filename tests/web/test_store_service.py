@@ -16,12 +16,13 @@ def stored_files(config_dir):
 
 
 def test_store_indexes_patient_study_series_instance(config, samples, settings):
-    result = services.instance_store(samples["cine_jpeg"].read_bytes(), source_ae="ECHO1")
+    result = services.instance_store(samples["cine_jpeg"].read_bytes(),
+                                    sender=services.Sender("ECHO1", "10.0.0.7"))
     inst = result.instance
     assert result.created and not result.replaced
     assert inst.number_of_frames == 120 and inst.transfer_syntax_uid == "1.2.840.10008.1.2.4.50"
     assert inst.series.modality == "US" and inst.series.study.modalities == "US"
-    assert inst.source_ae == "ECHO1"
+    assert (inst.source_ae, inst.source_host) == ("ECHO1", "10.0.0.7")
     assert services.instance_path(inst).read_bytes() == samples["cine_jpeg"].read_bytes()
     assert (Patient.objects.count(), Study.objects.count(), Series.objects.count()) == (1, 1, 1)
 
@@ -110,16 +111,24 @@ def test_a_full_disk_indexes_nothing(config, samples, settings, monkeypatch):
     assert Instance.objects.count() == 0
 
 
-def test_archive_check_finds_orphans_and_missing_files(config, samples, settings):
+def test_archive_check_indexes_lost_rows_again_and_never_deletes_a_file(config, samples, settings):
     kept = services.instance_store(samples["us_j2k"].read_bytes()).instance
     lost = services.instance_store(samples["us_rle_palette"].read_bytes()).instance
     services.instance_path(lost).unlink()
-    orphan = services.filestore().put(b"a file written just before a crash")
+    unindexed = services.instance_store(samples["us_native"].read_bytes()).instance
+    unindexed_key, unindexed_uid = unindexed.file_key, unindexed.sop_instance_uid
+    Instance.objects.filter(pk=unindexed.pk).delete()  # its row lost in a crash: an acknowledged file
+    junk = services.filestore().put(b"a file written just before a crash")
     fresh = services.archive_check(min_age_seconds=600)
     assert fresh.orphan_keys == []  # too young: may be a store in progress
-    report = services.archive_check(remove_orphans=True, min_age_seconds=0)
+    report = services.archive_check(repair=True, min_age_seconds=0)
     assert report.indexed == 2
     assert report.missing_files == [lost.sop_instance_uid]
-    assert report.orphan_keys == [orphan] and report.removed_orphans == 1
-    assert not services.filestore().path(orphan).exists()
+    assert sorted(report.orphan_keys) == sorted([unindexed_key, junk])
+    assert report.reindexed == [unindexed_key] and report.quarantined == [junk]
+    again = Instance.objects.get(sop_instance_uid=unindexed_uid)
+    assert again.file_key == unindexed_key and again.series.study.patient.patient_id
+    assert (settings.CONFIG.data_dir / "quarantine" / services.filestore().path(junk).name).read_bytes() \
+        == b"a file written just before a crash"
     assert services.instance_path(kept).exists()
+    assert services.archive_check(repair=True, min_age_seconds=0).orphan_keys == []

@@ -11,6 +11,8 @@ import errno
 import os
 import re
 import secrets
+import socket
+import time
 from pathlib import Path
 
 _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -22,6 +24,19 @@ class StorageFull(OSError):
 
 def new_key() -> str:
     return secrets.token_hex(16)
+
+
+_WRITER = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -52,7 +67,7 @@ class FileStore:
         key = key or new_key()
         final = self.path(key)
         folder = final.parent
-        temp = self.tmp / f"{key}.part"
+        temp = self.tmp / f"{_WRITER}-{os.getpid()}-{key}.part"
         try:
             if str(folder) not in self._known_dirs:
                 created = not folder.exists()
@@ -87,10 +102,21 @@ class FileStore:
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def clean_partials(self) -> int:
-        """Remove temporary files left by a crash; returns how many were removed."""
+    def clean_partials(self, stale_seconds: float = 24 * 3600) -> int:
+        """Remove temporary files left by a crash; returns how many were removed. A partial
+        file names its writer (host and process id): this host's dead processes' files go
+        now; files of live processes and of other machines sharing the folder stay, unless
+        older than ``stale_seconds``."""
         removed = 0
+        now = time.time()
         for leftover in self.tmp.glob("*.part"):
+            try:
+                writer, pid = leftover.name.rsplit("-", 2)[:2]
+                mine_and_dead = writer == _WRITER and not _alive(int(pid))
+                if not mine_and_dead and now - leftover.stat().st_mtime < stale_seconds:
+                    continue
+            except (ValueError, FileNotFoundError):
+                pass  # an older naming, or gone meanwhile
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed

@@ -47,6 +47,7 @@ class InstanceRecord:
     """The attributes the archive indexes, as plain strings and numbers."""
 
     patient_id: str
+    issuer_of_patient_id: str
     patient_name: str
     patient_birth_date: str
     patient_sex: str
@@ -149,11 +150,27 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_instance_uid: str) 
         )
 
 
-def read_instance(raw: bytes, expected: tuple[str, str] | None = None) -> tuple[Dataset, InstanceRecord]:
+def decoded_size(ds: Dataset) -> int:
+    """Bytes the pixels take once decoded (what a decoder allocates): rows × columns × samples ×
+    frames × bytes per sample; 0 without an image."""
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+    except (TypeError, ValueError):
+        return 0
+    return rows * cols * samples * frames * max(1, (bits + 7) // 8)
+
+
+def read_instance(raw: bytes, expected: tuple[str, str] | None = None,
+                  max_decoded_bytes: int | None = None) -> tuple[Dataset, InstanceRecord]:
     """Parse a DICOM file (preamble + file meta + dataset) completely and validate it.
 
     ``expected`` is the (SOP Class UID, SOP Instance UID) a C-STORE request announced;
     a dataset that says otherwise is refused (PS3.4 B.2.3, "does not match SOP Class").
+    An image that would decode to more than ``max_decoded_bytes`` is refused (a few MB of
+    JPEG can declare gigabytes of pixels): every stored image can then be decoded safely.
     """
     try:
         # Reading walks every element's tag and length (a broken structure raises here);
@@ -166,6 +183,9 @@ def read_instance(raw: bytes, expected: tuple[str, str] | None = None) -> tuple[
     if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
         raise InvalidInstance("this is not a DICOM composite instance (no SOP Class or Instance UID)", status.CANNOT_UNDERSTAND)
     record = record_from_dataset(ds)
+    if max_decoded_bytes is not None and decoded_size(ds) > max_decoded_bytes:
+        raise InvalidInstance(f"the image would decode to {decoded_size(ds)} bytes, over the "
+                              f"{max_decoded_bytes}-byte limit", status.TOO_LARGE, record.sop_instance_uid)
     if expected is not None:
         sop_class, sop_instance = expected
         if (sop_class and sop_class != record.sop_class_uid) or (sop_instance and sop_instance != record.sop_instance_uid):
@@ -188,6 +208,7 @@ def record_from_dataset(ds: Dataset) -> InstanceRecord:
     _check_pixel_data(ds, transfer_syntax, sop_instance_uid)
     return InstanceRecord(
         patient_id=_text(ds, "PatientID", 64),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
         patient_name=_text(ds, "PatientName", 324),
         patient_birth_date=_text(ds, "PatientBirthDate", 8),
         patient_sex=_text(ds, "PatientSex", 16),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom import association as _association_module
+from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -107,6 +109,7 @@ class Permissions:
     echo: bool
     store: bool
     query: bool  # C-FIND, C-GET and C-MOVE
+    correct: bool = False  # may replace instances and details another sender stored
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,10 @@ class Archive(Protocol):
 
     def permissions(self, calling_ae: str, address: str) -> Permissions: ...
 
-    def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None) -> int:
-        """Persist and index one instance; ``expected`` is the request's (SOP Class, SOP Instance) UIDs."""
+    def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None,
+              may_correct: bool = False) -> int:
+        """Persist and index one instance; ``expected`` is the request's (SOP Class, SOP Instance) UIDs;
+        ``may_correct``: the peer is trusted for corrections."""
 
     def find(self, query: Query) -> Iterable[dict]: ...
 
@@ -171,6 +176,20 @@ def move_contexts(located: list[Located]) -> list:
             contexts.append(build_context(sop_class, [syntax]))
         contexts.append(build_context(sop_class, TRANSFER_SYNTAXES[:2]))
     return contexts
+
+
+class _HandshakeInAssociation(ThreadedAssociationServer):
+    """pynetdicom runs the TLS handshake in its accept loop (``get_request``): one client that
+    connects and never sends a ClientHello stops every other association from being accepted.
+    Here the socket is wrapped without the handshake, which then runs on the first read in the
+    association's own thread, where the ACSE timeout ends a silent client."""
+
+    def get_request(self):
+        client_socket, address = self.socket.accept()
+        if self.ssl_context:
+            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True,
+                                                         do_handshake_on_connect=False)
+        return client_socket, address
 
 
 def _peer(event) -> tuple[str, str]:
@@ -228,9 +247,13 @@ class DicomNode:
 
     def start(self, block: bool = True):
         s = self.settings
-        self.server = self.ae.start_server(
-            (s.host, s.port), block=block, evt_handlers=self.handlers(), ssl_context=self._ssl_context()
-        )
+        self.server = self.ae.make_server((s.host, s.port), evt_handlers=self.handlers(),
+                                          ssl_context=self._ssl_context(), server_class=_HandshakeInAssociation)
+        self.ae._servers.append(self.server)
+        if block:
+            self.server.serve_forever()
+        else:
+            threading.Thread(target=self.server.serve_forever, name="dicom-accept", daemon=True).start()
         return self.server
 
     def stop(self) -> None:
@@ -274,7 +297,8 @@ class DicomNode:
         calling_ae, address = _peer(event)
         request = event.request
         sop_uid = str(request.AffectedSOPInstanceUID or "")
-        if not self._permissions(event).store:
+        permissions = self._permissions(event)
+        if not permissions.store:
             log.warning("C-STORE refused: %s at %s may not store (SOP Instance %s)", calling_ae, address, sop_uid)
             return status.NOT_AUTHORIZED
         raw = event.encoded_dataset(include_meta=True)
@@ -290,6 +314,7 @@ class DicomNode:
                 calling_ae=calling_ae,
                 address=address,
                 expected=(str(request.AffectedSOPClassUID or ""), sop_uid),
+                may_correct=permissions.correct,
             )
         except InvalidInstance as exc:
             log.error("C-STORE from %s (%s) rejected: SOP Instance %s: %s", calling_ae, address, exc.sop_instance_uid or sop_uid, exc)

@@ -34,6 +34,9 @@ UNIQUE_KEY = {
     "IMAGE": "SOPInstanceUID",
 }
 _RANGE_VRS = {"DA", "TM", "DT"}
+# Bounds on a wildcard value (PN values are at most 64 characters a component group).
+MAX_WILDCARD_LENGTH = 200
+MAX_STARS = 16
 _META_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "TimezoneOffsetFromUTC"}
 
 
@@ -70,6 +73,9 @@ def match_for(keyword: str, raw: str) -> Match | None:
     if vr == "UI" and "\\" in value:
         return Match(keyword, "list", values=tuple(v.strip() for v in value.split("\\") if v.strip()))
     if vr not in ("UI", "DA", "TM", "DT", "IS", "US") and ("*" in value or "?" in value):
+        if len(value) > MAX_WILDCARD_LENGTH or value.count("*") > MAX_STARS:
+            raise QueryError(f"{keyword}: a wildcard value has at most {MAX_WILDCARD_LENGTH} characters "
+                             f"and {MAX_STARS} '*'")
         return Match(keyword, "wildcard", value=value)
     return Match(keyword, "single", value=value)
 

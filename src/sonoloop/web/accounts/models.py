@@ -26,3 +26,15 @@ class ApiToken(models.Model):
     def issue(cls, user, name: str) -> tuple["ApiToken", str]:
         token = "sl_" + secrets.token_urlsafe(32)
         return cls.objects.create(user=user, name=name, prefix=token[:8], token_hash=hash_token(token)), token
+
+
+class AuthFailure(models.Model):
+    """Failed sign-ins counted per user name and per address (``user:alice``, ``addr:10.0.0.9``)
+    over a window, so that guessing is slow for every process serving the site."""
+
+    key = models.CharField(max_length=200, unique=True)
+    failures = models.PositiveIntegerField(default=0)
+    window_started_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.key}: {self.failures} failures since {self.window_started_at:%Y-%m-%d %H:%M}"

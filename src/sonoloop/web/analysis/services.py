@@ -67,6 +67,13 @@ def on_instance_indexed(sender, instance: Instance, created: bool, derived: bool
         job_create(instance)
 
 
+def on_instance_replacing(sender, instance: Instance, **kwargs) -> str | None:
+    """AI results were computed on the stored pixels: another copy must not slip in under them."""
+    if AnalysisResult.objects.filter(instance=instance).exists():
+        return "has AI results"
+    return None
+
+
 def job_create(instance: Instance, retry_of: AnalysisJob | None = None) -> AnalysisJob:
     """A job for ``instance``: skipped (with the reason) or queued, its task enqueued in the
     caller's transaction."""
@@ -269,7 +276,7 @@ def _analyse(job: AnalysisJob) -> None:
     from sonoloop.ml.engines import EngineError
     from sonoloop.ml.modelfolder import ModelFolderError
     from sonoloop.ml.preprocess import FrameError
-    from sonoloop.web.archive.services import instance_path, instance_store
+    from sonoloop.web.archive.services import Sender, instance_path, instance_store
 
     try:
         model = active_model()
@@ -316,7 +323,7 @@ def _analyse(job: AnalysisJob) -> None:
             continue
         out = io.BytesIO()
         dcmwrite(out, dataset, enforce_file_format=True)
-        instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title, derived=True)
+        instance_store(out.getvalue(), sender=Sender(settings.CONFIG.ae_title, may_correct=True), derived=True)
         if dataset is analysis.segmentation:
             seg_uid = dataset.SOPInstanceUID
         else:

@@ -7,6 +7,11 @@ class AnnotationsConfig(AppConfig):
     verbose_name = "Expert annotations"
 
     def ready(self):
+        from sonoloop.web.archive.signals import instance_replacing
+
+        from .services import on_instance_replacing
+
+        instance_replacing.connect(on_instance_replacing, dispatch_uid="annotations-on-instance-replacing")
         from sonoloop.web.archive.panels import INSTANCE_API_SECTIONS, INSTANCE_PANELS
 
         from . import views

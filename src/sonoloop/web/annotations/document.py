@@ -30,26 +30,26 @@ def rle_encode(mask: np.ndarray) -> list[int]:
 
 
 def rle_decode(counts, rows: int, columns: int, allowed: set[int], where: str = "mask") -> np.ndarray:
+    pixels = rows * columns
     if not isinstance(counts, list) or len(counts) % 2 or not counts:
         raise DocumentError(f"{where}: counts must be a non-empty list of [value, length] pairs, flattened")
-    try:
-        pairs = np.asarray(counts)
-    except (TypeError, ValueError, OverflowError):
-        raise DocumentError(f"{where}: counts must be whole numbers") from None
-    if pairs.ndim != 1 or pairs.dtype.kind not in "iu":
+    if len(counts) > 2 * pixels:
+        raise DocumentError(f"{where}: {len(counts) // 2} runs for a frame of {pixels} pixels")
+    # Checked as Python ints, before NumPy sees them: int64 sums of huge runs wrap around.
+    if any(isinstance(c, bool) or not isinstance(c, int) for c in counts):
         raise DocumentError(f"{where}: counts must be whole numbers")
-    pairs = pairs.astype(np.int64).reshape(-1, 2)
-    values, lengths = pairs[:, 0], pairs[:, 1]
-    if (lengths <= 0).any():
-        raise DocumentError(f"{where}: every run length must be positive")
-    if int(lengths.sum()) != rows * columns:
-        raise DocumentError(f"{where}: the runs cover {int(lengths.sum())} pixels, the frame has "
-                            f"{rows}×{columns} = {rows * columns}")
-    unknown = sorted(set(np.unique(values).tolist()) - allowed - {0})
+    lengths = counts[1::2]
+    if any(length <= 0 or length > pixels for length in lengths):
+        raise DocumentError(f"{where}: every run length must be from 1 to the frame's {pixels} pixels")
+    covered = sum(lengths)
+    if covered != pixels:
+        raise DocumentError(f"{where}: the runs cover {covered} pixels, the frame has "
+                            f"{rows}×{columns} = {pixels}")
+    unknown = sorted(set(counts[0::2]) - allowed - {0})
     if unknown:
-        raise DocumentError(f"{where}: label value(s) {unknown} are not in the class map "
+        raise DocumentError(f"{where}: label value(s) {unknown[:10]} are not in the class map "
                             f"({', '.join(f'{k}={v}' for k, v in CLASSES.items())})")
-    return np.repeat(values.astype(np.uint8), lengths).reshape(rows, columns)
+    return np.repeat(np.asarray(counts[0::2], dtype=np.uint8), np.asarray(lengths, dtype=np.int64)).reshape(rows, columns)
 
 
 def _whole(value, name: str, low: int, high: int) -> int:

@@ -35,6 +35,13 @@ class NotAllowed(PermissionError):
     """A change this user's role does not allow (HTTP 403)."""
 
 
+def on_instance_replacing(sender, instance: Instance, **kwargs) -> str | None:
+    """Expert masks were drawn on the stored pixels: another copy must not slip in under them."""
+    if Annotation.objects.filter(instance=instance).exists():
+        return "has expert annotations"
+    return None
+
+
 @lru_cache(maxsize=1)
 def annotations_store() -> FileStore:
     config = settings.CONFIG
@@ -165,7 +172,7 @@ def annotation_export_seg(annotation: Annotation, user) -> str:
 
     from sonoloop import __version__
     from sonoloop.dicom.seg import Device, build_segmentation
-    from sonoloop.web.archive.services import instance_path, instance_store
+    from sonoloop.web.archive.services import Sender, instance_path, instance_store
 
     if not has_role(user, "reviewer"):
         raise NotAllowed("exporting an annotation as DICOM SEG needs the reviewer role")
@@ -183,7 +190,7 @@ def annotation_export_seg(annotation: Annotation, user) -> str:
         description=f"Expert segmentation v{annotation.version} ({annotation.author.get_username()})")
     out = io.BytesIO()
     dcmwrite(out, seg, enforce_file_format=True)
-    instance_store(out.getvalue(), source_ae=settings.CONFIG.ae_title, derived=True)
+    instance_store(out.getvalue(), sender=Sender(settings.CONFIG.ae_title, may_correct=True), derived=True)
     with transaction.atomic():
         Annotation.objects.filter(pk=annotation.pk).update(seg_sop_instance_uid=seg.SOPInstanceUID)
         AnnotationEvent.objects.create(annotation=annotation, user=user, action="exported",

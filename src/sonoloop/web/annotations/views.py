@@ -10,6 +10,7 @@ from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
+from sonoloop.web.bodies import BodyTooLarge, read_body
 from sonoloop.web.accounts.auth import api_login_required
 from sonoloop.web.accounts.roles import has_role, role_required
 from sonoloop.web.archive.models import Instance
@@ -90,7 +91,9 @@ def _json_body(request) -> tuple[dict | None, JsonResponse | None]:
     if request.content_type != "application/json":
         return None, JsonResponse({"error": "send the annotation as application/json"}, status=415)
     try:
-        return json.loads(request.body), None
+        return json.loads(read_body(request, MAX_BODY_BYTES)), None
+    except BodyTooLarge as exc:
+        return None, JsonResponse({"error": str(exc)}, status=413)
     except (ValueError, UnicodeDecodeError) as exc:
         return None, JsonResponse({"error": f"the body is not valid JSON: {exc}"}, status=400)
 

@@ -15,8 +15,10 @@ class DjangoArchive:
     def permissions(self, calling_ae: str, address: str) -> Permissions:
         return services.peer_permissions(calling_ae, address)
 
-    def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None) -> int:
-        services.instance_store(raw, source_ae=calling_ae, expected=expected)
+    def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None,
+              may_correct: bool = False) -> int:
+        sender = services.Sender(calling_ae, address, may_correct)
+        services.instance_store(raw, sender=sender, expected=expected)
         return status.SUCCESS
 
     def find(self, query: Query):

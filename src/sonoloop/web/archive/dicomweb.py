@@ -15,7 +15,8 @@ from pydicom.tag import Tag
 
 from sonoloop.dicom.instance import InvalidInstance
 from sonoloop.dicom.pixels import NoPixelData, frame_native_bytes
-from sonoloop.dicom.query import Match, Query, build_response, match_for
+from sonoloop.web.bodies import BodyTooLarge, large_body_limit, read_body
+from sonoloop.dicom.query import Match, Query, QueryError, build_response, match_for
 from sonoloop.web.accounts.auth import api_login_required
 from sonoloop.web.accounts.roles import has_role
 
@@ -42,6 +43,10 @@ DEFAULT_FIELDS = {
         "AvailableTransferSyntaxUID", "StudyInstanceUID", "SeriesInstanceUID",
     ],
 }
+
+
+# The most results one QIDO-RS answer holds (PS3.18 lets a server answer fewer than match).
+QIDO_MAX_RESULTS = 1000
 
 
 def _error(status: int, message: str) -> JsonResponse:
@@ -84,7 +89,10 @@ def _qido_query(request, level: str, fixed: dict[str, str]) -> tuple[Query, int 
         keyword = _keyword(name)
         if keyword is None:
             return _error(400, f"{name!r} is not a DICOM attribute keyword or tag")
-        match = match_for(keyword, values[-1])
+        try:
+            match = match_for(keyword, values[-1])
+        except QueryError as exc:
+            return _error(400, str(exc))
         if match is not None:
             query.matches.append(match)
     for keyword, value in fixed.items():
@@ -98,12 +106,19 @@ def _search(request, level: str, **fixed):
         return parsed
     query, limit, offset = parsed
     query.return_keys = list(dict.fromkeys(query.return_keys))
+    limit = QIDO_MAX_RESULTS if limit is None else min(limit, QIDO_MAX_RESULTS)
     body = []
-    for record in services.query_records(query, limit=limit, offset=offset):
+    # one more than asked for tells whether the answer was cut
+    for record in services.query_records(query, limit=limit + 1, offset=offset):
         ds = build_response(query, record)
         del ds.QueryRetrieveLevel
         body.append(ds.to_json_dict())
-    return JsonResponse(body, safe=False, content_type=DICOM_JSON)
+    response = JsonResponse(body[:limit], safe=False, content_type=DICOM_JSON)
+    if len(body) > limit:
+        # PS3.18 8.3.4.4: fewer results than match, and how to ask for the rest
+        response["Warning"] = (f'299 {request.get_host()}: "There are more than {limit} results; '
+                               f'ask again with offset={offset + limit}"')
+    return response
 
 
 @api_login_required
@@ -279,7 +294,11 @@ def stow(request, study=None):
     if not content_type.startswith("multipart/related") or "application/dicom" not in content_type:
         return _error(415, 'STOW-RS accepts multipart/related; type="application/dicom"')
     try:
-        parts = _split_multipart(request.body, content_type)
+        body = read_body(request, large_body_limit())
+    except BodyTooLarge as exc:
+        return _error(413, f"{exc} (SONOLOOP_MAX_INSTANCE_MB)")
+    try:
+        parts = _split_multipart(body, content_type)
     except ValueError as exc:
         return _error(400, str(exc))
     if not parts:
@@ -290,7 +309,7 @@ def stow(request, study=None):
             failed.append(_sop_reference("", "", 0xA900))
             continue
         try:
-            result = services.instance_store(payload, source_ae=f"stow:{request.user.username}"[:64])
+            result = services.instance_store(payload, sender=services.admin_sender("stow", request.user.username, request.META.get("REMOTE_ADDR", "")))
         except InvalidInstance as exc:
             log.warning("STOW-RS from %s: instance %s rejected: %s", request.user, exc.sop_instance_uid, exc)
             failed.append(_sop_reference("", exc.sop_instance_uid, exc.status))

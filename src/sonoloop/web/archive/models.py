@@ -8,13 +8,25 @@ from django.db import models
 
 
 class Patient(models.Model):
-    patient_id = models.CharField("Patient ID", max_length=64, unique=True, blank=True)
+    """A patient is its Patient ID together with the Issuer of Patient ID; a blank ID is no
+    identity, so patients without one are never merged (each of their studies has its own)."""
+
+    patient_id = models.CharField("Patient ID", max_length=64, blank=True)
+    issuer_of_patient_id = models.CharField("issuer of Patient ID", max_length=64, blank=True)
     patient_name = models.CharField("name", max_length=324, blank=True, db_index=True)
     patient_birth_date = models.CharField("birth date", max_length=8, blank=True)
     patient_sex = models.CharField("sex", max_length=16, blank=True)
 
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["patient_id", "issuer_of_patient_id"], condition=~models.Q(patient_id=""),
+                                    name="patient_identity"),
+        ]
+        indexes = [models.Index(fields=["patient_id"], name="patient_id_idx")]
+
     def __str__(self):
-        return f"{self.patient_name or '(no name)'} [{self.patient_id}]"
+        issuer = f" ({self.issuer_of_patient_id})" if self.issuer_of_patient_id else ""
+        return f"{self.patient_name or '(no name)'} [{self.patient_id}{issuer}]"
 
 
 class Study(models.Model):
@@ -72,6 +84,7 @@ class Instance(models.Model):
     received_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     source_ae = models.CharField("received from", max_length=64, blank=True)
+    source_host = models.CharField("sender's address", max_length=255, blank=True)
 
     class Meta:
         ordering = ["instance_number", "id"]
@@ -90,6 +103,11 @@ class DicomPeer(models.Model):
     may_query = models.BooleanField(default=False, help_text="May query and retrieve (C-FIND, C-GET, C-MOVE).")
     is_move_destination = models.BooleanField(
         default=False, help_text="C-MOVE requests may send images to this peer."
+    )
+    may_correct = models.BooleanField(
+        default=False,
+        help_text="Trusted for corrections: may replace instances and update patient and study details that "
+                  "another sender stored (never an instance with AI results or annotations, never a study's patient).",
     )
     receives_results = models.BooleanField(
         default=False, help_text="Receives every segmentation and measurement report Sonoloop makes (C-STORE)."

@@ -9,8 +9,9 @@ import logging
 import os
 import re
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,13 +21,15 @@ from django.db.models import Count, Q, QuerySet
 
 from sonoloop.config import check_ae_title, ConfigError
 from sonoloop.dicom.filestore import FileStore, StorageFull, new_key  # noqa: F401 - re-exported for views
-from sonoloop.dicom.instance import InstanceRecord, read_instance, sop_class_name
+from sonoloop.dicom import status
+from sonoloop.dicom.instance import InstanceRecord, InvalidInstance, read_instance, sop_class_name
 from sonoloop.dicom.pixels import render_png
 from sonoloop.dicom.node import Destination, Permissions
 from sonoloop.dicom.query import LEVELS, Match, Query
 
+from . import lookups  # noqa: F401 - registers the wildcard lookups
 from .models import DicomPeer, Instance, Patient, Series, Study
-from .signals import instance_indexed
+from .signals import instance_indexed, instance_replacing
 
 log = logging.getLogger("sonoloop.archive")
 
@@ -42,30 +45,60 @@ def instance_path(instance: Instance) -> Path:
 
 
 @dataclass(frozen=True)
+class Sender:
+    """Who sent an instance: what the index records and what the re-send policy asks."""
+
+    name: str = ""  # the calling AE title, "stow:<user>", "web:<user>", or Sonoloop's own AE title
+    host: str = ""  # the sender's network address
+    may_correct: bool = False  # a peer trusted for corrections, an admin's upload, Sonoloop itself
+
+
+def admin_sender(channel: str, username: str, address: str) -> Sender:
+    """STOW-RS and uploads need the admin role: trusted for corrections, like such a peer."""
+    return Sender(f"{channel}:{username}"[:64], address, may_correct=True)
+
+
+class StoreRefused(InvalidInstance):
+    """A well-formed instance that would change what is already stored under another owner:
+    a study or series of another patient, an instance of another series, or a replacement
+    of an instance that has AI results or annotations. C-STORE answers 0x0124, HTTP 409."""
+
+    def __init__(self, message: str, sop_instance_uid: str):
+        super().__init__(message, status.NOT_AUTHORIZED, sop_instance_uid)
+
+
+@dataclass(frozen=True)
 class StoreResult:
     instance: Instance
     created: bool
     replaced: bool  # an earlier copy with the same SOP Instance UID was replaced
-    kept_existing: bool  # duplicate policy "keep": the new copy was discarded
+    kept_existing: bool  # the stored copy was kept: the same bytes, policy "keep", or a sender who may not replace it
 
 
 # -- storing ---------------------------------------------------------------------------------
 
 
-def _upsert(model, lookup: dict, values: dict):
-    obj = model.objects.filter(**lookup).first()
-    if obj is None:
-        return model.objects.create(**lookup, **values)
-    changed = [name for name, value in values.items() if value not in ("", None) and getattr(obj, name) != value]
+def _fill_in(obj, values: dict, sender: Sender, r: InstanceRecord) -> None:
+    """Fill blank details; change stored ones only for a sender trusted for corrections."""
+    changed, kept = [], []
+    for name, value in values.items():
+        current = getattr(obj, name)
+        if value in ("", None) or current == value:
+            continue
+        if current in ("", None) or sender.may_correct:
+            setattr(obj, name, value)
+            changed.append(name)
+        else:
+            kept.append(name)
+    if kept:  # the names of the fields only: their values are patient data
+        log.warning("%s from %s (%s): %s of %s %s kept as stored; the sender is not trusted for corrections",
+                    r.sop_instance_uid, sender.name, sender.host, ", ".join(kept), type(obj).__name__, obj.pk)
     if changed:
-        for name in changed:
-            setattr(obj, name, values[name])
         obj.save(update_fields=changed + (["updated_at"] if hasattr(obj, "updated_at") else []))
-    return obj
 
 
 # Series UID → (the patient/study/series values last indexed, series pk). A cine batch sends
-# hundreds of instances of one series; their parents are written once, not per instance.
+# hundreds of instances of one series; their parents are checked and written once, not per instance.
 _series_cache: dict[str, tuple[tuple, int]] = {}
 _series_cache_lock = threading.Lock()
 _SERIES_CACHE_SIZE = 4096
@@ -73,10 +106,10 @@ _SERIES_CACHE_SIZE = 4096
 
 def _parents_signature(r: InstanceRecord) -> tuple:
     return (
-        r.patient_id, r.patient_name, r.patient_birth_date, r.patient_sex, r.study_instance_uid, r.study_date,
-        r.study_time, r.study_id, r.accession_number, r.study_description, r.referring_physician_name,
-        r.series_instance_uid, r.modality, r.series_number, r.series_description, r.series_date,
-        r.body_part_examined,
+        r.patient_id, r.issuer_of_patient_id, r.patient_name, r.patient_birth_date, r.patient_sex,
+        r.study_instance_uid, r.study_date, r.study_time, r.study_id, r.accession_number, r.study_description,
+        r.referring_physician_name, r.series_instance_uid, r.modality, r.series_number, r.series_description,
+        r.series_date, r.body_part_examined,
     )
 
 
@@ -85,13 +118,13 @@ def forget_cached_parents() -> None:
         _series_cache.clear()
 
 
-def _series_id(r: InstanceRecord) -> int:
+def _series_id(r: InstanceRecord, sender: Sender) -> int:
     signature = _parents_signature(r)
     with _series_cache_lock:
         hit = _series_cache.get(r.series_instance_uid)
     if hit is not None and hit[0] == signature:
         return hit[1]
-    series = _upsert_parents(r)
+    series = _checked_parents(r, sender)
     with _series_cache_lock:
         if len(_series_cache) >= _SERIES_CACHE_SIZE:
             _series_cache.clear()
@@ -99,48 +132,98 @@ def _series_id(r: InstanceRecord) -> int:
     return series.pk
 
 
-def _upsert_parents(r: InstanceRecord) -> Series:
-    patient = _upsert(
-        Patient,
-        {"patient_id": r.patient_id},
-        {"patient_name": r.patient_name, "patient_birth_date": r.patient_birth_date, "patient_sex": r.patient_sex},
-    )
-    study = _upsert(
-        Study,
-        {"study_instance_uid": r.study_instance_uid},
-        {
-            "patient": patient,
-            "study_date": r.study_date,
-            "study_time": r.study_time,
-            "study_id": r.study_id,
-            "accession_number": r.accession_number,
-            "study_description": r.study_description,
-            "referring_physician_name": r.referring_physician_name,
-        },
-    )
+def same_patient(patient: Patient, r: InstanceRecord) -> bool:
+    """The instance names this patient: the same Patient ID, and the same issuer where both say one."""
+    issuers = {patient.issuer_of_patient_id, r.issuer_of_patient_id} - {""}
+    return patient.patient_id == r.patient_id and len(issuers) <= 1
+
+
+def _patient_for(r: InstanceRecord) -> Patient:
+    """The patient of a new study: by Patient ID and issuer; a blank ID is never merged."""
+    if r.patient_id:
+        found = Patient.objects.filter(patient_id=r.patient_id, issuer_of_patient_id=r.issuer_of_patient_id).first()
+        if found is not None:
+            return found
+    return Patient.objects.create(patient_id=r.patient_id, issuer_of_patient_id=r.issuer_of_patient_id)
+
+
+def _checked_parents(r: InstanceRecord, sender: Sender) -> Series:
+    study = Study.objects.select_related("patient").filter(study_instance_uid=r.study_instance_uid).first()
+    if study is not None and not same_patient(study.patient, r):
+        raise StoreRefused(
+            f"study {r.study_instance_uid} belongs to another patient (Patient ID {study.patient.patient_id!r}) "
+            f"than this instance names ({r.patient_id!r}); a study never changes patient", r.sop_instance_uid)
+    patient = study.patient if study is not None else _patient_for(r)
+    _fill_in(patient, {"patient_name": r.patient_name, "patient_birth_date": r.patient_birth_date,
+                       "patient_sex": r.patient_sex}, sender, r)
+    details = {
+        "study_date": r.study_date, "study_time": r.study_time, "study_id": r.study_id,
+        "accession_number": r.accession_number, "study_description": r.study_description,
+        "referring_physician_name": r.referring_physician_name,
+    }
+    if study is None:
+        study = Study.objects.create(study_instance_uid=r.study_instance_uid, patient=patient, **details)
+    else:
+        _fill_in(study, details, sender, r)
     if r.modality and r.modality not in study.modalities.split("\\"):
         study.modalities = "\\".join(sorted(filter(None, study.modalities.split("\\") + [r.modality])))
         study.save(update_fields=["modalities", "updated_at"])
-    series = _upsert(
-        Series,
-        {"series_instance_uid": r.series_instance_uid},
-        {
-            "study": study,
-            "modality": r.modality,
-            "series_number": r.series_number,
-            "series_description": r.series_description,
-            "series_date": r.series_date,
-            "body_part_examined": r.body_part_examined,
-        },
-    )
+    details = {
+        "modality": r.modality, "series_number": r.series_number, "series_description": r.series_description,
+        "series_date": r.series_date, "body_part_examined": r.body_part_examined,
+    }
+    series = Series.objects.filter(series_instance_uid=r.series_instance_uid).first()
+    if series is None:
+        return Series.objects.create(series_instance_uid=r.series_instance_uid, study=study, **details)
+    if series.study_id != study.pk:
+        raise StoreRefused(f"series {r.series_instance_uid} belongs to another study than this instance names "
+                           f"({r.study_instance_uid}); a series never changes study", r.sop_instance_uid)
+    _fill_in(series, details, sender, r)
     return series
 
 
-def _index(record: InstanceRecord, file_key: str, file_size: int, source_ae: str) -> tuple[Instance, str | None]:
-    """Write the index rows for ``record``; returns the instance and the file key it replaced."""
+def _same_bytes(instance: Instance, raw: bytes) -> bool:
+    if instance.file_size != len(raw):
+        return False
+    try:
+        return instance_path(instance).read_bytes() == raw
+    except OSError:
+        return False
+
+
+def _resend_outcome(existing: Instance, r: InstanceRecord, raw: bytes, sender: Sender) -> str:
+    """What a copy of a stored SOP Instance does: "same" (identical bytes), "keep" or "replace"."""
+    if existing.series.series_instance_uid != r.series_instance_uid:
+        raise StoreRefused(f"SOP Instance {r.sop_instance_uid} is stored in another series "
+                           f"({existing.series.series_instance_uid}); an instance never changes series",
+                           r.sop_instance_uid)
+    if _same_bytes(existing, raw):
+        return "same"
+    if settings.CONFIG.duplicate_policy == "keep":
+        return "keep"
+    if not (sender.may_correct or (existing.source_ae, existing.source_host) == (sender.name, sender.host)):
+        log.warning("%s from %s (%s): a different copy of an instance first stored by %s (%s) was not kept; "
+                    "only the first sender or a peer trusted for corrections may replace it",
+                    r.sop_instance_uid, sender.name, sender.host, existing.source_ae, existing.source_host)
+        return "keep"
+    reasons = [reason for _, reason in instance_replacing.send(sender=Instance, instance=existing) if reason]
+    if reasons:
+        raise StoreRefused(f"SOP Instance {r.sop_instance_uid} {' and '.join(reasons)}: a different copy is "
+                           f"refused (delete the stored one first to store another)", r.sop_instance_uid)
+    return "replace"
+
+
+def _index(record: InstanceRecord, file_key: str, file_size: int, sender: Sender, raw: bytes
+           ) -> tuple[Instance, str | None, str]:
+    """Write the index rows for ``record``; returns the instance, the file key it replaced and
+    the outcome ("created", "replace", "same" or "keep": the last two index nothing)."""
     r = record
+    existing = Instance.objects.select_related("series").filter(sop_instance_uid=r.sop_instance_uid).first()
+    outcome = "created" if existing is None else _resend_outcome(existing, r, raw, sender)
+    if outcome in ("same", "keep"):
+        return existing, None, outcome
     fields = {
-        "series_id": _series_id(r),
+        "series_id": _series_id(r, sender),
         "sop_class_uid": r.sop_class_uid,
         "instance_number": r.instance_number,
         "number_of_frames": r.number_of_frames,
@@ -152,16 +235,16 @@ def _index(record: InstanceRecord, file_key: str, file_size: int, source_ae: str
         "content_time": r.content_time,
         "file_key": file_key,
         "file_size": file_size,
-        "source_ae": source_ae,
+        "source_ae": sender.name[:64],
+        "source_host": sender.host[:255],
     }
-    existing = Instance.objects.filter(sop_instance_uid=r.sop_instance_uid).first()
     if existing is None:
-        return Instance.objects.create(sop_instance_uid=r.sop_instance_uid, **fields), None
+        return Instance.objects.create(sop_instance_uid=r.sop_instance_uid, **fields), None, outcome
     old_key = existing.file_key
     for name, value in fields.items():
         setattr(existing, name, value)
     existing.save()
-    return existing, old_key
+    return existing, old_key, outcome
 
 
 _writer: ThreadPoolExecutor | None = None
@@ -184,54 +267,61 @@ def _discard(written: Future, key: str) -> None:
     filestore().delete(key)
 
 
-def _index_when_durable(record: InstanceRecord, key: str, size: int, source_ae: str, written: Future,
+def _index_when_durable(record: InstanceRecord, key: str, raw: bytes, sender: Sender, written: Future,
                         derived: bool = False):
+    # The file is durable before the index row commits, and the database's write lock is not
+    # held while the file's fsync runs (other associations commit meanwhile).
+    written.result()
     for attempt in (1, 2):
         try:
             with transaction.atomic():
-                indexed = _index(record, key, size, source_ae)
-                # receivers (the analysis job) commit or roll back with the index row
-                instance_indexed.send(sender=Instance, instance=indexed[0], created=indexed[1] is None,
-                                      derived=derived)
-                written.result()  # the row commits only once the file is fsynced in place
+                indexed = _index(record, key, len(raw), sender, raw)
+                if indexed[2] in ("created", "replace"):
+                    # receivers (the analysis job) commit or roll back with the index row
+                    instance_indexed.send(sender=Instance, instance=indexed[0], created=indexed[1] is None,
+                                          derived=derived)
             return indexed
         except IntegrityError:
-            # Two associations raced on the same new UID (the other won: index this copy
-            # over it), or a cached parent was deleted meanwhile: retry once without the cache.
+            # Two associations raced on the same new UID (the other won: this copy is now a
+            # re-send), or a cached parent was deleted meanwhile: retry once without the cache.
             if attempt == 2:
                 raise
             forget_cached_parents()
 
 
-def instance_store(raw: bytes, *, source_ae: str = "", expected: tuple[str, str] | None = None,
+def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str, str] | None = None,
                    derived: bool = False) -> StoreResult:
     """Validate, durably write and index one DICOM instance (a complete DICOM file).
 
     The file is written under a new server-generated key (temporary name, fsync, rename,
     directory fsync) while the dataset is parsed and the index rows are prepared; the
     index transaction commits only after the file is durable, and a broken copy raises
-    :class:`InvalidInstance` with the new file removed and nothing indexed.  Re-sending an
-    existing SOP Instance UID follows ``SONOLOOP_DUPLICATE_POLICY``: ``replace`` (the
-    default) swaps the index to the new copy in one transaction and then deletes the old
-    file; ``keep`` discards the new copy and keeps the first. ``derived``: an object Sonoloop
-    made itself (its SEG, SR), which receivers of ``instance_indexed`` need not analyse.
+    :class:`InvalidInstance` with the new file removed and nothing indexed.
+
+    What is stored keeps its owner: an instance naming a known study under another patient
+    (or a known series under another study) raises :class:`StoreRefused`. Details already
+    stored (names, dates, descriptions) change only for a ``sender`` trusted for corrections.
+    A copy of a stored SOP Instance with the same bytes changes nothing; a different copy
+    replaces the stored one only under ``SONOLOOP_DUPLICATE_POLICY=replace`` (the default),
+    from the instance's first sender (same name and host) or a sender trusted for
+    corrections, and never when the instance has AI results or annotations (refused).
+    Otherwise the first copy is kept. ``derived``: an object Sonoloop made itself (its SEG,
+    SR), which receivers of ``instance_indexed`` need not analyse.
     """
     key = new_key()
     written = _file_writer().submit(filestore().put, raw, key)
     try:
-        _, record = read_instance(raw, expected)
-        if settings.CONFIG.duplicate_policy == "keep":
-            existing = Instance.objects.filter(sop_instance_uid=record.sop_instance_uid).first()
-            if existing is not None:
-                _discard(written, key)
-                return StoreResult(existing, created=False, replaced=False, kept_existing=True)
-        instance, old_key = _index_when_durable(record, key, len(raw), source_ae, written, derived)
+        _, record = read_instance(raw, expected, settings.CONFIG.max_decoded_mb * 1024 * 1024)
+        instance, old_key, outcome = _index_when_durable(record, key, raw, sender, written, derived)
     except BaseException:
         _discard(written, key)
         raise
-    if old_key and old_key != key:
+    if outcome in ("same", "keep"):
+        _discard(written, key)
+    elif old_key and old_key != key:
         filestore().delete(old_key)
-    return StoreResult(instance, created=old_key is None, replaced=old_key is not None, kept_existing=False)
+    return StoreResult(instance, created=outcome == "created", replaced=outcome == "replace",
+                       kept_existing=outcome in ("same", "keep"))
 
 
 def instance_delete(instance: Instance) -> None:
@@ -257,31 +347,52 @@ class ArchiveCheck:
     indexed: int
     missing_files: list[str]  # SOP Instance UIDs whose file is gone
     orphan_keys: list[str]  # files no index row points to (a crash between fsync and commit)
-    removed_orphans: int = 0
+    reindexed: list[str] = field(default_factory=list)  # orphans indexed again from their own header
+    quarantined: list[str] = field(default_factory=list)  # orphans moved aside: unreadable, or another copy
 
 
-def archive_check(remove_orphans: bool = False, min_age_seconds: float = 600) -> ArchiveCheck:
+def archive_check(repair: bool = False, min_age_seconds: float = 600) -> ArchiveCheck:
     """Compare the index with the files: report missing files and unindexed (orphan) files.
 
+    An orphan may be an acknowledged instance whose index row was lost (a crash or power cut
+    between the file's fsync and the commit): ``repair`` indexes it again from its own header,
+    and moves an orphan that cannot be indexed (unreadable, or a second copy of an indexed
+    SOP Instance) to the ``quarantine`` folder beside the objects. Nothing is ever deleted.
     Files younger than ``min_age_seconds`` are left alone: they may belong to a C-STORE in
     progress, whose file is written before its index row commits.
     """
-    import time
-
     store = filestore()
     keys = dict(Instance.objects.values_list("file_key", "sop_instance_uid"))
     missing = [uid for key, uid in keys.items() if not store.path(key).exists()]
-    orphans, removed = [], 0
+    report = ArchiveCheck(len(keys), missing, [])
     now = time.time()
     for path in sorted(store.root.glob("*/*" + store.suffix)):
         key = path.name[: -len(store.suffix)]
         if key in keys or now - path.stat().st_mtime < min_age_seconds:
             continue
-        orphans.append(key)
-        if remove_orphans and not Instance.objects.filter(file_key=key).exists():
-            path.unlink(missing_ok=True)
-            removed += 1
-    return ArchiveCheck(len(keys), missing, orphans, removed)
+        report.orphan_keys.append(key)
+        if repair and not Instance.objects.filter(file_key=key).exists():
+            _repair_orphan(key, path, report)
+    return report
+
+
+def _repair_orphan(key: str, path: Path, report: ArchiveCheck) -> None:
+    raw = path.read_bytes()
+    try:
+        _, record = read_instance(raw)
+        if Instance.objects.filter(sop_instance_uid=record.sop_instance_uid).exists():
+            raise InvalidInstance("another copy of this SOP Instance is indexed", status.CANNOT_UNDERSTAND)
+        done: Future = Future()
+        done.set_result(None)
+        _index_when_durable(record, key, raw, Sender("archive_check", may_correct=False), done)
+        report.reindexed.append(key)
+        log.warning("archive_check: indexed %s again from its file %s", record.sop_instance_uid, key)
+    except InvalidInstance as exc:
+        quarantine = settings.CONFIG.data_dir / "quarantine"
+        quarantine.mkdir(mode=0o700, exist_ok=True)
+        os.replace(path, quarantine / path.name)
+        report.quarantined.append(key)
+        log.warning("archive_check: moved %s to %s: %s", key, quarantine, exc)
 
 
 # -- querying (C-FIND, C-GET, C-MOVE, QIDO) ----------------------------------------------------
@@ -342,10 +453,6 @@ def _level_of(keyword: str) -> str | None:
     return next((level for level, fields in FIELDS.items() if keyword in fields), None)
 
 
-def _wildcard_regex(value: str) -> str:
-    return "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value) + "$"
-
-
 def _condition(match: Match, lookup: str, field: str) -> Q:
     if field in _INT_FIELDS:
         try:
@@ -361,8 +468,8 @@ def _condition(match: Match, lookup: str, field: str) -> Q:
             return Q(**{f"{lookup}__iexact": match.value})
         return Q(**{lookup: match.value})
     if match.kind == "wildcard":
-        suffix = "__iregex" if field in _CASE_INSENSITIVE else "__regex"
-        return Q(**{f"{lookup}{suffix}": _wildcard_regex(match.value)})
+        suffix = "__dicom_iwildcard" if field in _CASE_INSENSITIVE else "__dicom_wildcard"
+        return Q(**{f"{lookup}{suffix}": match.value})
     if match.kind == "list":
         return Q(**{f"{lookup}__in": list(match.values)})
     condition = Q()
@@ -459,7 +566,8 @@ class PeerError(ValueError):
 
 
 def peer_add(ae_title: str, host: str, port: int, *, may_store: bool, may_query: bool,
-             is_move_destination: bool, receives_results: bool = False, description: str = "") -> DicomPeer:
+             is_move_destination: bool, receives_results: bool = False, may_correct: bool = False,
+             description: str = "") -> DicomPeer:
     try:
         ae_title = check_ae_title(ae_title, "The peer's AE title")
     except ConfigError as exc:
@@ -477,6 +585,7 @@ def peer_add(ae_title: str, host: str, port: int, *, may_store: bool, may_query:
             "may_query": may_query,
             "is_move_destination": is_move_destination,
             "receives_results": receives_results,
+            "may_correct": may_correct,
             "description": description,
         },
     )
@@ -490,18 +599,24 @@ def peer_remove(ae_title: str) -> None:
 
 
 def peer_permissions(calling_ae: str, address: str) -> Permissions:
-    """The default policy: an unknown AE may echo and store but not query or retrieve.
+    """Who may do what over DICOM (the README's "Who may talk to the node").
 
-    In strict mode (``SONOLOOP_DICOM_STRICT``) an unknown AE may do nothing, and a known
-    one only from its registered host (by IP address or a name resolving to it).
+    An AE title is a name anyone can claim, so what exposes or changes stored data also
+    needs the peer's registered host: query and retrieve, and corrections. An unknown AE may
+    C-ECHO, and C-STORE only on an open node (``SONOLOOP_DICOM_OPEN_STORE``). In strict mode
+    (``SONOLOOP_DICOM_STRICT``) an unknown AE may do nothing, and a known one only from its host.
     """
     peer = DicomPeer.objects.filter(ae_title=calling_ae.strip()).first()
-    strict = settings.CONFIG.strict_peers
+    config = settings.CONFIG
     if peer is None:
-        return Permissions(echo=not strict, store=not strict, query=False)
-    if strict and not _host_matches(peer.host, address):
+        if config.strict_peers:
+            return Permissions(echo=False, store=False, query=False)
+        return Permissions(echo=True, store=config.open_store, query=False)
+    at_home = _host_matches(peer.host, address)
+    if config.strict_peers and not at_home:
         return Permissions(echo=False, store=False, query=False)
-    return Permissions(echo=True, store=peer.may_store, query=peer.may_query)
+    return Permissions(echo=True, store=peer.may_store, query=peer.may_query and at_home,
+                       correct=peer.may_correct and at_home)
 
 
 def _host_matches(host: str, address: str) -> bool:

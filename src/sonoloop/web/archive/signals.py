@@ -7,3 +7,8 @@ from django.dispatch import Signal
 # Arguments: instance (archive.models.Instance), created (bool), derived (bool: an object
 # Sonoloop wrote itself, such as its own SEG and SR).
 instance_indexed = Signal()
+
+# Sent before a stored instance is replaced by a new copy with the same SOP Instance UID.
+# Arguments: instance. A receiver returns a reason (str) to refuse the replacement — for
+# example that the instance has AI results or expert annotations drawn on its pixels — or None.
+instance_replacing = Signal()

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_http_methods
 from sonoloop.dicom.instance import InvalidInstance, sop_class_name
 from sonoloop.dicom.pixels import NoPixelData
 from sonoloop.web.accounts.auth import api_login_required
+from sonoloop.web.bodies import large_body_limit
 from sonoloop.web.accounts.roles import role_required
 
 from . import services
@@ -156,15 +157,25 @@ def upload(request):
     if not files:
         messages.error(request, "Choose one or more DICOM files to upload.")
         return redirect("archive:upload")
-    results = []
+    results, refused = [], False
+    sender = services.admin_sender("web", request.user.username, request.META.get("REMOTE_ADDR", ""))
     for upload_file in files:
-        results.append((upload_file.name, *_store_upload(upload_file.read(), request.user.username)))
-    return render(request, "archive/upload.html", {"results": results})
+        if upload_file.size > large_body_limit():
+            results.append((upload_file.name, False, f"not stored: {upload_file.size} bytes is over the "
+                                                     f"SONOLOOP_MAX_INSTANCE_MB limit", ""))
+            continue
+        results.append((upload_file.name, *_store_upload(upload_file.read(), sender)))
+        refused |= results[-1][2].startswith("refused")
+    stored = any(ok for _, ok, _, _ in results)
+    status = 200 if stored else 409 if refused else 400
+    return render(request, "archive/upload.html", {"results": results}, status=status)
 
 
-def _store_upload(raw: bytes, username: str) -> tuple[bool, str, str]:
+def _store_upload(raw: bytes, sender) -> tuple[bool, str, str]:
     try:
-        result = services.instance_store(raw, source_ae=f"web:{username}"[:64])
+        result = services.instance_store(raw, sender=sender)
+    except services.StoreRefused as exc:
+        return False, f"refused: {exc}", ""
     except InvalidInstance as exc:
         return False, f"not stored: {exc}", ""
     except services.StorageFull:

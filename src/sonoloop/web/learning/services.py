@@ -261,7 +261,7 @@ def retrain_create(user, *, parent: str, name: str, strategy: str, ratio: float 
     if not has_role(user, "admin"):
         raise NotAllowed("only an admin starts a retraining run")
     parent_version = version_get(parent)
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # "$" would let a trailing newline through
         raise LearningError("the new version's name: letters, digits, '.', '_' or '-', at most 64 characters")
     if ModelVersion.objects.filter(name=name).exists() or RetrainingJob.objects.filter(
             name=name, status__in=(RetrainingJob.QUEUED, RetrainingJob.RUNNING)).exists():

@@ -17,6 +17,9 @@ class Command(BaseCommand):
         add.add_argument("--port", type=int, required=True)
         add.add_argument("--store", action="store_true", help="may send images here (C-STORE)")
         add.add_argument("--query", action="store_true", help="may query and retrieve (C-FIND/C-GET/C-MOVE)")
+        add.add_argument("--corrections", action="store_true",
+                         help="trusted for corrections: may replace instances and change patient and study "
+                              "details another sender stored (from its host only)")
         add.add_argument("--move-destination", action="store_true", help="C-MOVE may send images to it")
         add.add_argument("--results", action="store_true",
                          help="send it every segmentation (SEG) and measurement report (SR) Sonoloop makes")
@@ -32,7 +35,7 @@ class Command(BaseCommand):
                     options["ae_title"], options["host"], options["port"],
                     may_store=options["store"], may_query=options["query"],
                     is_move_destination=options["move_destination"], receives_results=options["results"],
-                    description=options["description"],
+                    may_correct=options["corrections"], description=options["description"],
                 )
                 self.stdout.write(f"saved peer {peer}")
             elif action == "remove":
@@ -46,10 +49,11 @@ class Command(BaseCommand):
     def _list(self):
         peers = DicomPeer.objects.all()
         if not peers:
-            self.stdout.write("no peers configured (unknown AEs may C-ECHO and C-STORE unless SONOLOOP_DICOM_STRICT is on)")
+            self.stdout.write("no peers configured (unknown AEs may C-ECHO; C-STORE only with SONOLOOP_DICOM_OPEN_STORE on; "
+                              "nothing with SONOLOOP_DICOM_STRICT on)")
             return
-        self.stdout.write(f"{'AE title':16}  {'host':24} {'port':>5}  store query move-dest results")
+        self.stdout.write(f"{'AE title':16}  {'host':24} {'port':>5}  store query move-dest results corrections")
         for p in peers:
             flags = "  ".join("yes  " if f else "no   " for f in (p.may_store, p.may_query, p.is_move_destination,
-                                                                   p.receives_results))
+                                                                   p.receives_results, p.may_correct))
             self.stdout.write(f"{p.ae_title:16}  {p.host:24} {p.port:>5}  {flags}")
