@@ -35,3 +35,12 @@ def test_domain_core_does_not_import_django():
 def test_config_module_stays_importable_without_django_settings():
     source = (Path(sonoloop.__file__).parent / "config.py").read_text()
     assert "django" not in source
+
+
+def test_the_access_trail_sits_below_the_apps_that_write_to_it():
+    """archive, annotations and accounts record events in audit; audit knows none of them."""
+    root = Path(sonoloop.__file__).parent / "web" / "audit"
+    allowed = ("sonoloop.web.audit", "sonoloop.web.accounts")
+    offenders = [f"{path.name} imports {name}" for path in root.rglob("*.py") for name in _imports(path)
+                 if name.startswith("sonoloop.web") and not name.startswith(allowed)]
+    assert list(root.rglob("*.py")) and offenders == []

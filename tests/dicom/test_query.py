@@ -1,7 +1,7 @@
 import pytest
 from pydicom.dataset import Dataset
 
-from sonoloop.dicom.query import QueryError, build_response, parse_identifier
+from sonoloop.dicom.query import QueryError, build_response, check_retrieve_keys, parse_identifier
 
 
 def identifier(level, **keys):
@@ -46,3 +46,27 @@ def test_response_holds_exactly_the_requested_keys_and_the_unique_key():
     keywords = {e.keyword for e in ds}
     assert keywords == {"SpecificCharacterSet", "QueryRetrieveLevel", "Modality", "SeriesDescription", "SeriesInstanceUID"}
     assert ds.SeriesDescription == "A4C"
+
+
+@pytest.mark.parametrize("root, keys", [
+    ("PATIENT", {"level": "PATIENT"}),  # "everything", the review's getscu
+    ("PATIENT", {"level": "PATIENT", "PatientID": "*"}),
+    ("PATIENT", {"level": "STUDY", "StudyInstanceUID": "1.2.3"}),  # no PatientID above it
+    ("STUDY", {"level": "SERIES", "SeriesInstanceUID": "1.2.3.4"}),  # no StudyInstanceUID
+    ("STUDY", {"level": "IMAGE", "StudyInstanceUID": "1.2\\1.3", "SeriesInstanceUID": "1.2.3.4",
+               "SOPInstanceUID": "1.2.3.4.5"}),  # a list above the retrieve level
+])
+def test_a_retrieve_must_name_what_it_retrieves(root, keys):
+    with pytest.raises(QueryError, match="must name"):
+        check_retrieve_keys(parse_identifier(identifier(**keys), root))
+
+
+@pytest.mark.parametrize("root, keys", [
+    ("PATIENT", {"level": "PATIENT", "PatientID": "12345"}),
+    ("STUDY", {"level": "STUDY", "StudyInstanceUID": "1.2.3\\1.2.4"}),
+    ("STUDY", {"level": "SERIES", "StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.4"}),
+    ("PATIENT", {"level": "IMAGE", "PatientID": "7", "StudyInstanceUID": "1.2.3",
+                 "SeriesInstanceUID": "1.2.3.4", "SOPInstanceUID": "1.2.3.4.5\\1.2.3.4.6"}),
+])
+def test_a_retrieve_that_names_its_objects_passes(root, keys):
+    check_retrieve_keys(parse_identifier(identifier(**keys), root))

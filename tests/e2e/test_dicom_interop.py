@@ -132,6 +132,15 @@ def test_cfind_from_an_unknown_ae_is_refused(server, loaded, tmp_path):
     assert "C-FIND refused: STRANGER" in server.log()
 
 
+def test_dicom_stores_queries_and_retrievals_reach_the_access_trail(server, loaded, tmp_path):
+    findscu(server, "-S", ["QueryRetrieveLevel=STUDY", "PatientName=PLA*", "StudyInstanceUID"], tmp_path)
+    lines = server.cli("manage", "audit_export").stdout.splitlines()
+    received = [line for line in lines if 'csd-code="110104"' in line and 'EventActionCode="C"' in line]
+    # one event per association and study: every sample went in its own association
+    assert len(received) >= len(loaded) and all('UserID="STORESCU"' in line for line in received)
+    assert any('csd-code="110112"' in line and 'UserID="QRSCU"' in line for line in lines)
+
+
 def test_cget_retrieves_the_cine_loop_intact(server, loaded, tmp_path):
     cine = dcmread(loaded["cine_jpeg"], stop_before_pixels=True)
     result = subprocess.run(
@@ -149,6 +158,19 @@ def test_cget_retrieves_the_cine_loop_intact(server, loaded, tmp_path):
     assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert int(received.NumberOfFrames) == 120
     assert (received.pixel_array == original.pixel_array).all()
+
+
+def test_cget_of_everything_is_refused_and_sends_nothing(server, loaded, tmp_path):
+    """The review's `getscu -k QueryRetrieveLevel=PATIENT`: a retrieve must name what it wants."""
+    out = tmp_path / "got"
+    out.mkdir()
+    result = subprocess.run(
+        ["getscu", "-v", "-P", "-aet", "QRSCU", "-aec", server.ae_title, "-od", str(out),
+         "-k", "QueryRetrieveLevel=PATIENT", "127.0.0.1", str(server.dicom_port)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert list(out.iterdir()) == [], result.stderr
+    assert "must name PatientID" in server.log()
 
 
 def test_cmove_sends_to_a_configured_destination_only(server, loaded, tmp_path):

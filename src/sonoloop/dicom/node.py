@@ -35,7 +35,7 @@ from pynetdicom.sop_class import (
 from . import status
 from .filestore import StorageFull
 from .instance import InvalidInstance
-from .query import Query, QueryError, build_response, parse_identifier
+from .query import Query, QueryError, build_response, check_retrieve_keys, parse_identifier
 
 log = logging.getLogger("sonoloop.dicom")
 
@@ -138,9 +138,9 @@ class Archive(Protocol):
         """Persist and index one instance; ``expected`` is the request's (SOP Class, SOP Instance) UIDs;
         ``may_correct``: the peer is trusted for corrections."""
 
-    def find(self, query: Query) -> Iterable[dict]: ...
+    def find(self, query: Query, *, calling_ae: str, address: str) -> Iterable[dict]: ...
 
-    def locate(self, query: Query) -> list[Located]: ...
+    def locate(self, query: Query, *, calling_ae: str, address: str, how: str) -> list[Located]: ...
 
     def move_destination(self, ae_title: str) -> Destination | None: ...
 
@@ -333,7 +333,10 @@ class DicomNode:
             return status.NOT_AUTHORIZED
         try:
             root = models[event.context.abstract_syntax]
-            return parse_identifier(event.identifier, root)
+            query = parse_identifier(event.identifier, root)
+            if service != "C-FIND":
+                check_retrieve_keys(query)
+            return query
         except QueryError as exc:
             log.warning("%s from %s: bad identifier: %s", service, calling_ae, exc)
             return status.QR_IDENTIFIER_DOES_NOT_MATCH
@@ -347,7 +350,8 @@ class DicomNode:
             yield query, None
             return
         try:
-            records = self.archive.find(query)
+            calling_ae, address = _peer(event)
+            records = self.archive.find(query, calling_ae=calling_ae, address=address)
             for record in records:
                 if event.is_cancelled:
                     yield 0xFE00, None
@@ -390,7 +394,8 @@ class DicomNode:
         if isinstance(query, int):
             yield query, None
             return
-        located = self.archive.locate(query)
+        calling_ae, address = _peer(event)
+        located = self.archive.locate(query, calling_ae=calling_ae, address=address, how="C-GET")
         yield len(located)
         yield from self._datasets(event, located)
 
@@ -406,7 +411,8 @@ class DicomNode:
             log.warning("C-MOVE from %s: destination %s is not a configured move destination", _peer(event)[0], destination_ae)
             yield None, None
             return
-        located = self.archive.locate(query)
+        calling_ae, address = _peer(event)
+        located = self.archive.locate(query, calling_ae=calling_ae, address=address, how=f"C-MOVE to {destination_ae}")
         if len(move_contexts(located)) > 128:
             log.warning("C-MOVE to %s needs more than 128 presentation contexts", destination_ae)
             yield None, None

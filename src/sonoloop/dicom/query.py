@@ -116,6 +116,21 @@ def parse_identifier(identifier: Dataset, root: str) -> Query:
     return query
 
 
+def check_retrieve_keys(query: Query) -> None:
+    """C-GET and C-MOVE name what they retrieve (PS3.4 C.4.2.2.1): a single value of the unique
+    key of every level above the retrieve level, and a single value or a UID list at that level
+    — never "everything", a wildcard or a range."""
+    top = LEVELS.index(query.root)
+    named = {m.keyword: m for m in query.matches}
+    for level in LEVELS[top: LEVELS.index(query.level) + 1]:
+        key = UNIQUE_KEY[level]
+        match = named.get(key)
+        allowed = ("single", "list") if level == query.level else ("single",)
+        if match is None or match.kind not in allowed:
+            raise QueryError(f"a retrieve at the {query.level} level must name {key} "
+                             f"({'one value or a list' if level == query.level else 'one value'})")
+
+
 def build_response(query: Query, record: dict, charset: str = "ISO_IR 192") -> Dataset:
     """The response identifier: every requested key, with a value where the record has one."""
     ds = Dataset()

@@ -20,6 +20,7 @@ INSTALLED_APPS = [
     "django_tasks",
     "django_tasks_db",
     "sonoloop.web.accounts",
+    "sonoloop.web.audit",
     "sonoloop.web.archive",
     "sonoloop.web.analysis",
     "sonoloop.web.annotations",

@@ -9,6 +9,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("dicomweb/", include("sonoloop.web.archive.dicomweb_urls")),
+    path("", include("sonoloop.web.audit.urls")),
     path("", include("sonoloop.web.analysis.urls")),
     path("", include("sonoloop.web.annotations.urls")),
     path("", include("sonoloop.web.learning.urls")),

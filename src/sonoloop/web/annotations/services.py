@@ -19,6 +19,7 @@ from sonoloop.web.accounts.roles import has_role
 from sonoloop.web.analysis.models import AnalysisResult
 from sonoloop.web.analysis.services import result_labels
 from sonoloop.web.archive.models import Instance
+from sonoloop.web.audit.services import ACCESSED, Actor, audit_record
 
 from . import document
 from .document import DocumentError
@@ -109,6 +110,7 @@ def annotation_create(instance: Instance, user, body: dict) -> Annotation:
             raise
         log.info("annotation v%s of %s saved by %s (%s frame(s))", version, instance.sop_instance_uid,
                  user.get_username(), len(frames))
+        _trail(annotation, user, "C", f"annotation v{version} saved ({len(frames)} frames, {status})")
         return annotation
     raise DocumentError("another annotation of this instance was being saved at the same time; save again")
 
@@ -162,6 +164,7 @@ def annotation_status_set(annotation: Annotation, user, status: str, note: str =
             raise StatusError("the annotation's status changed meanwhile; reload and try again")
         AnnotationEvent.objects.create(annotation=annotation, user=user, action=action, note=note[:2000])
     annotation.refresh_from_db()
+    _trail(annotation, user, "U", f"annotation v{annotation.version} {action}")
     return annotation
 
 
@@ -196,7 +199,15 @@ def annotation_export_seg(annotation: Annotation, user) -> str:
         AnnotationEvent.objects.create(annotation=annotation, user=user, action="exported",
                                        note=f"DICOM SEG {seg.SOPInstanceUID}")
     annotation.seg_sop_instance_uid = seg.SOPInstanceUID
+    _trail(annotation, user, "C", f"annotation v{annotation.version} exported as DICOM SEG {seg.SOPInstanceUID}")
     return seg.SOPInstanceUID
+
+
+def _trail(annotation: Annotation, user, action: str, detail: str) -> None:
+    study = annotation.instance.series.study
+    audit_record(ACCESSED, action, Actor(user.get_username(), "", "web", user.pk),
+                 patient_id=study.patient.patient_id, study_instance_uid=study.study_instance_uid,
+                 instances=1, detail=detail)
 
 
 def approved_annotations():

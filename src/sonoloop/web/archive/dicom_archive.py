@@ -2,37 +2,59 @@
 
 from __future__ import annotations
 
+import threading
+
 from django.db import connection
 
 from sonoloop.dicom import status
 from sonoloop.dicom.node import Destination, Located, Permissions
 from sonoloop.dicom.query import Query
 
-from . import services
+from sonoloop.web.audit.services import Actor
+
+from . import services, trail
 
 
 class DjangoArchive:
+    """Each association runs in its own thread with its own database connection; what it
+    stored is gathered per thread and written to the access trail when it ends."""
+
+    def __init__(self):
+        self._association = threading.local()
+
     def permissions(self, calling_ae: str, address: str) -> Permissions:
         return services.peer_permissions(calling_ae, address)
 
     def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None,
               may_correct: bool = False) -> int:
         sender = services.Sender(calling_ae, address, may_correct)
-        services.instance_store(raw, sender=sender, expected=expected)
+        result = services.instance_store(raw, sender=sender, expected=expected)
+        if not result.kept_existing:
+            self._association.actor = Actor(calling_ae, address, "dicom")
+            self._stored().append(result.instance.pk)
         return status.SUCCESS
 
-    def find(self, query: Query):
+    def _stored(self) -> list[int]:
+        if not hasattr(self._association, "stored"):
+            self._association.stored = []
+        return self._association.stored
+
+    def find(self, query: Query, *, calling_ae: str = "", address: str = ""):
+        trail.record_query(Actor(calling_ae, address, "dicom"), query, "C-FIND")
         return services.query_records(query)
 
-    def locate(self, query: Query) -> list[Located]:
-        return [
-            Located(services.instance_path(i), i.sop_class_uid, i.transfer_syntax_uid)
-            for i in services.instances_for(query)
-        ]
+    def locate(self, query: Query, *, calling_ae: str = "", address: str = "", how: str = "C-GET") -> list[Located]:
+        instances = list(services.instances_for(query).select_related("series__study__patient"))
+        trail.record_transfer(Actor(calling_ae, address, "dicom"), instances, "R", how)
+        return [Located(services.instance_path(i), i.sop_class_uid, i.transfer_syntax_uid) for i in instances]
 
     def move_destination(self, ae_title: str) -> Destination | None:
         return services.move_destination(ae_title)
 
     def association_ended(self) -> None:
-        # Each association runs in its own thread with its own database connection.
+        stored = self._stored()
+        if stored:
+            received = services.Instance.objects.filter(pk__in=stored).select_related("series__study__patient")
+            trail.record_transfer(self._association.actor, received, "C", "C-STORE")
+            stored.clear()
         connection.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import uuid
@@ -15,12 +16,13 @@ from pydicom.tag import Tag
 
 from sonoloop.dicom.instance import InvalidInstance
 from sonoloop.dicom.pixels import NoPixelData, frame_native_bytes
-from sonoloop.web.bodies import BodyTooLarge, large_body_limit, read_body
 from sonoloop.dicom.query import Match, Query, QueryError, build_response, match_for
 from sonoloop.web.accounts.auth import api_login_required
 from sonoloop.web.accounts.roles import has_role
+from sonoloop.web.audit.services import actor_of
+from sonoloop.web.bodies import BodyTooLarge, large_body_limit, read_body
 
-from . import services
+from . import services, trail
 from .models import Instance
 
 log = logging.getLogger("sonoloop.dicomweb")
@@ -45,6 +47,7 @@ DEFAULT_FIELDS = {
 }
 
 
+MAX_FRAMES_PER_REQUEST = 256
 # The most results one QIDO-RS answer holds (PS3.18 lets a server answer fewer than match).
 QIDO_MAX_RESULTS = 1000
 
@@ -107,6 +110,7 @@ def _search(request, level: str, **fixed):
     query, limit, offset = parsed
     query.return_keys = list(dict.fromkeys(query.return_keys))
     limit = QIDO_MAX_RESULTS if limit is None else min(limit, QIDO_MAX_RESULTS)
+    trail.record_query(actor_of(request), query, "QIDO-RS")
     body = []
     # one more than asked for tells whether the answer was cut
     for record in services.query_records(query, limit=limit + 1, offset=offset):
@@ -145,7 +149,7 @@ def instance_search(request, study=None, series=None):
 
 
 def _instances(study, series=None, instance=None):
-    qs = Instance.objects.filter(series__study__study_instance_uid=study)
+    qs = Instance.objects.select_related("series__study__patient").filter(series__study__study_instance_uid=study)
     if series:
         qs = qs.filter(series__series_instance_uid=series)
     if instance:
@@ -182,6 +186,7 @@ def _retrieve(request, study, series=None, instance=None):
     instances = list(_instances(study, series, instance))
     if not instances:
         return _error(404, "no matching instances")
+    trail.record_transfer(actor_of(request), instances, "R", "WADO-RS")
     return _multipart(((("", services.instance_path(i).read_bytes()) for i in instances)), "application/dicom")
 
 
@@ -191,6 +196,7 @@ def metadata(request, study, series=None, instance=None):
     instances = list(_instances(study, series, instance))
     if not instances:
         return _error(404, "no matching instances")
+    trail.record_read(actor_of(request), instances[0].series.study, "WADO-RS metadata")
     body = []
     for item in instances:
         ds = dcmread(services.instance_path(item), stop_before_pixels=True)
@@ -207,17 +213,24 @@ def frames(request, study, series, instance, frame_list):
     if item is None:
         return _error(404, "no matching instance")
     try:
-        numbers = [int(n) for n in frame_list.split(",")]
+        numbers = list(dict.fromkeys(int(n) for n in frame_list.split(",")))  # each frame once
     except ValueError:
         return _error(400, "frame numbers must be whole numbers separated by commas")
+    if len(numbers) > MAX_FRAMES_PER_REQUEST:
+        return _error(400, f"at most {MAX_FRAMES_PER_REQUEST} frames per request")
+    if any(not 1 <= n <= (item.number_of_frames or 1) for n in numbers):
+        return _error(404, f"this instance has frames 1 to {item.number_of_frames or 1}")
     path = services.instance_path(item)
     try:
-        payloads = [frame_native_bytes(path, n - 1) for n in numbers]
+        first = frame_native_bytes(path, numbers[0] - 1)
     except NoPixelData:
         return _error(400, "this instance has no pixel data")
     except IndexError as exc:
         return _error(404, str(exc))
-    return _multipart((("", p) for p in payloads), "application/octet-stream")
+    trail.record_read(actor_of(request), item.series.study, "WADO-RS frames")
+    # one decoded frame in memory at a time, however many are asked for
+    rest = (("", frame_native_bytes(path, n - 1)) for n in numbers[1:])
+    return _multipart(itertools.chain([("", first)], rest), "application/octet-stream")
 
 
 # -- WADO-URI ---------------------------------------------------------------------------------------
@@ -229,13 +242,14 @@ def wado_uri(request):
     if request.GET.get("requestType") != "WADO":
         return _error(400, "requestType must be WADO")
     uid = request.GET.get("objectUID", "")
-    item = Instance.objects.filter(sop_instance_uid=uid).select_related("series__study").first()
+    item = Instance.objects.filter(sop_instance_uid=uid).select_related("series__study__patient").first()
     if item is None:
         return _error(404, f"no instance with objectUID {uid!r}")
     for param, actual in (("studyUID", item.series.study.study_instance_uid), ("seriesUID", item.series.series_instance_uid)):
         if request.GET.get(param) and request.GET[param] != actual:
             return _error(404, f"{param} does not match the stored instance")
     content_type = request.GET.get("contentType", "application/dicom")
+    trail.record_read(actor_of(request), item.series.study, "WADO-URI")
     if content_type == "application/dicom":
         return HttpResponse(services.instance_path(item).read_bytes(), content_type="application/dicom")
     if content_type in ("image/png", "image/jpeg"):
@@ -303,7 +317,7 @@ def stow(request, study=None):
         return _error(400, str(exc))
     if not parts:
         return _error(400, "the request holds no DICOM parts")
-    stored, failed = [], []
+    stored, failed, received = [], [], []
     for part_type, payload in parts:
         if part_type and not part_type.startswith("application/dicom"):
             failed.append(_sop_reference("", "", 0xA900))
@@ -318,6 +332,8 @@ def stow(request, study=None):
             failed.append(_sop_reference("", "", 0xA700))
             continue
         inst = result.instance
+        if not result.kept_existing:
+            received.append(inst)
         if study and inst.series.study.study_instance_uid != study:
             log.warning("STOW-RS: instance %s belongs to another study than the URL's", inst.sop_instance_uid)
         url = request.build_absolute_uri(
@@ -325,6 +341,7 @@ def stow(request, study=None):
             f"{inst.series.series_instance_uid}/instances/{inst.sop_instance_uid}"
         )
         stored.append(_sop_reference(inst.sop_class_uid, inst.sop_instance_uid, url=url))
+    trail.record_transfer(actor_of(request), received, "C", "STOW-RS")
     response = Dataset()
     if stored:
         response.ReferencedSOPSequence = stored

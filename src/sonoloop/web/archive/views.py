@@ -7,7 +7,7 @@ import logging
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
@@ -15,13 +15,15 @@ from django.views.decorators.http import require_http_methods
 from sonoloop.dicom.instance import InvalidInstance, sop_class_name
 from sonoloop.dicom.pixels import NoPixelData
 from sonoloop.web.accounts.auth import api_login_required
-from sonoloop.web.bodies import large_body_limit
 from sonoloop.web.accounts.roles import role_required
+from sonoloop.web.audit.services import actor_of
+from sonoloop.web.bodies import large_body_limit
 
-from . import services
+from . import services, trail
 from .panels import instance_api_sections, instance_panels, study_panels
 from .models import Instance, Patient, Series, Study
 
+PREVIEW_SIZES = (128, 160, 256, 512, 768, 1024, 2048)
 log = logging.getLogger("sonoloop.web")
 
 PAGE_SIZE = 25
@@ -64,6 +66,7 @@ def study_list(request):
 @role_required("viewer")
 def patient_detail(request, pk: int):
     patient = get_object_or_404(Patient, pk=pk)
+    trail.record_read(actor_of(request), None, "patient page", patient=patient)
     studies = patient.studies.annotate(n_series=Count("series", distinct=True), n_instances=Count("series__instances"))
     return render(request, "archive/patient_detail.html", {"patient": patient, "studies": studies})
 
@@ -71,6 +74,7 @@ def patient_detail(request, pk: int):
 @role_required("viewer")
 def study_detail(request, study_uid: str):
     study = get_object_or_404(Study.objects.select_related("patient"), study_instance_uid=study_uid)
+    trail.record_read(actor_of(request), study, "study page")
     series = study.series.annotate(n_instances=Count("instances"))
     firsts = {s.pk: s.instances.order_by("instance_number", "pk").first() for s in series}
     rows = [(s, firsts[s.pk]) for s in series]
@@ -81,6 +85,7 @@ def study_detail(request, study_uid: str):
 @role_required("viewer")
 def series_detail(request, series_uid: str):
     series = get_object_or_404(Series.objects.select_related("study__patient"), series_instance_uid=series_uid)
+    trail.record_read(actor_of(request), series.study, "series page")
     page = Paginator(series.instances.all(), 60).get_page(request.GET.get("page"))
     return render(
         request,
@@ -100,6 +105,7 @@ def instance_detail(request, sop_uid: str):
         frame = max(1, min(int(request.GET.get("frame", 1)), instance.number_of_frames or 1))
     except ValueError:
         frame = 1
+    trail.record_read(actor_of(request), instance.series.study, "image page")
     panels = instance_panels(request, instance)
     return render(
         request,
@@ -123,9 +129,11 @@ def instance_preview(request, sop_uid: str):
     instance = _instance_or_404(sop_uid)
     try:
         frame = int(request.GET.get("frame", 1))
-        size = min(int(request.GET.get("size", 512)), 2048)
+        size = int(request.GET.get("size", 512))
     except ValueError:
         return HttpResponse("frame and size must be whole numbers", status=400, content_type="text/plain")
+    size = next((s for s in PREVIEW_SIZES if s >= size), PREVIEW_SIZES[-1])  # a few sizes, a bounded cache
+    trail.record_read(actor_of(request), instance.series.study, "image preview")
     try:
         png = services.instance_preview_png(instance, frame, size)
     except NoPixelData:
@@ -143,7 +151,8 @@ def instance_preview(request, sop_uid: str):
 @role_required("viewer")
 def instance_download(request, sop_uid: str):
     instance = _instance_or_404(sop_uid)
-    response = HttpResponse(services.instance_path(instance).read_bytes(), content_type="application/dicom")
+    trail.record_transfer(actor_of(request), [instance], "R", "download")
+    response = FileResponse(services.instance_path(instance).open("rb"), content_type="application/dicom")
     response["Content-Disposition"] = f'attachment; filename="{instance.sop_instance_uid}.dcm"'
     return response
 
@@ -167,6 +176,8 @@ def upload(request):
         results.append((upload_file.name, *_store_upload(upload_file.read(), sender)))
         refused |= results[-1][2].startswith("refused")
     stored = any(ok for _, ok, _, _ in results)
+    received = Instance.objects.filter(sop_instance_uid__in=[uid for _, ok, _, uid in results if ok])
+    trail.record_transfer(actor_of(request), received.select_related("series__study__patient"), "C", "upload")
     status = 200 if stored else 409 if refused else 400
     return render(request, "archive/upload.html", {"results": results}, status=status)
 
