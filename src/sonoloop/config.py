@@ -98,6 +98,7 @@ class Config:
     strict_peers: bool = False
     open_store: bool = False  # unknown calling AEs may store (a zero-config node on a trusted network)
     max_associations: int = 16
+    max_associations_per_host: int = 8
     acse_timeout: int = 30
     dimse_timeout: int = 60
     network_timeout: int = 120
@@ -153,6 +154,7 @@ class Config:
             strict_peers=_env_bool(env, "SONOLOOP_DICOM_STRICT", False),
             open_store=_env_bool(env, "SONOLOOP_DICOM_OPEN_STORE", False),
             max_associations=_env_int(env, "SONOLOOP_DICOM_MAX_ASSOCIATIONS", 16, 1),
+            max_associations_per_host=_env_int(env, "SONOLOOP_DICOM_MAX_ASSOCIATIONS_PER_HOST", 8, 1),
             acse_timeout=_env_int(env, "SONOLOOP_DICOM_ACSE_TIMEOUT", 30, 1),
             dimse_timeout=_env_int(env, "SONOLOOP_DICOM_DIMSE_TIMEOUT", 60, 1),
             network_timeout=_env_int(env, "SONOLOOP_DICOM_NETWORK_TIMEOUT", 120, 1),

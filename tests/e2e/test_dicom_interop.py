@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -310,22 +311,36 @@ def test_unsupported_transfer_syntax_is_rejected_at_negotiation(server):
         assoc.release()
 
 
-def test_oversized_instance_is_refused_with_out_of_resources(tmp_path, samples):
+def test_an_oversized_instance_is_cut_off_while_it_arrives_and_nothing_is_kept(tmp_path, samples):
+    """SONOLOOP_MAX_INSTANCE_MB=1 against the 6 MB cine: pynetdicom spools the dataset to a file
+    as it arrives (nothing held in memory) and the association is aborted once the limit is
+    passed; a smaller instance is refused after it arrived with A702."""
     srv = make_server(tmp_path, SONOLOOP_MAX_INSTANCE_MB="1").start()
     try:
         result = storescu(srv, samples["cine_jpeg"])
-        assert "Store Response (Refused: OutOfResources)" in result.stderr, result.stderr
-        assert "over the" in srv.log()
+        assert "Store Response (Success" not in result.stderr, result.stderr
+        assert "more than the 1048576-byte instance limit arrived" in srv.log()
+        fits = dcmread(samples["us_rle_palette"])
+        fits.PixelData = fits.PixelData + b"\0" * (1024 * 1024 - len(fits.PixelData) % 2)  # just over 1 MB
+        assoc = _associate(srv, [build_context(fits.SOPClassUID, fits.file_meta.TransferSyntaxUID),
+                                 build_context(Verification)])
+        try:
+            assert assoc.send_c_store(fits).Status == 0xA702
+            assert assoc.send_c_echo().Status == 0x0000  # the node goes on serving
+        finally:
+            assoc.release()
         assert list((srv.data_dir / "objects").rglob("*.dcm")) == []
+        assert [p for p in (srv.data_dir / "tmp").rglob("*") if p.is_file()] == []
     finally:
         assert srv.stop() == 0
 
 
-def test_strict_mode_stores_only_from_known_peers(tmp_path, samples):
-    srv = make_server(tmp_path, SONOLOOP_DICOM_STRICT="1").start()
+def test_strict_mode_stores_only_from_known_peers_and_one_host_cannot_take_every_slot(tmp_path, samples):
+    srv = make_server(tmp_path, SONOLOOP_DICOM_STRICT="1", SONOLOOP_DICOM_MAX_ASSOCIATIONS_PER_HOST="2").start()
     try:
         refused = storescu(srv, samples["us_rle_palette"], aet="MODALITY1")
-        assert re.search(r"Store Response \(.*0x0?124\)", refused.stderr), refused.stderr
+        assert "Store Response (Success" not in refused.stderr, refused.stderr
+        assert "MODALITY1 at 127.0.0.1 aborted: not a known peer from its host" in srv.log()
         assert list((srv.data_dir / "objects").rglob("*.dcm")) == []
         srv.cli("peer", "add", "MODALITY1", "--host", "127.0.0.1", "--port", "104", "--store")
         listed = srv.cli("peer", "list").stdout
@@ -333,6 +348,18 @@ def test_strict_mode_stores_only_from_known_peers(tmp_path, samples):
         accepted = storescu(srv, samples["us_rle_palette"], aet="MODALITY1")
         assert accepted.returncode == 0 and "E:" not in accepted.stderr
         assert len(list((srv.data_dir / "objects").rglob("*.dcm"))) == 1
+        ae = AE(ae_title="MODALITY1")
+        ae.add_requested_context(Verification)
+        held = [ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title) for _ in range(2)]
+        assert all(a.is_established for a in held)
+        third = ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title)
+        deadline = time.monotonic() + 10
+        while third.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not third.is_established and "2 associations from that host are open" in srv.log()
+        for a in held:
+            assert a.send_c_echo().Status == 0x0000
+            a.release()
         srv.cli("peer", "remove", "MODALITY1")
         bad = srv.cli("peer", "add", "WAY_TOO_LONG_AE_TITLE", "--host", "h", "--port", "1", check=False)
         assert bad.returncode != 0 and "at most 16" in bad.stderr

@@ -20,6 +20,8 @@ from . import status
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
 # Transfer syntaxes whose Pixel Data is native (not encapsulated).
 NATIVE_SYNTAXES = {
     "1.2.840.10008.1.2",
@@ -150,6 +152,20 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_instance_uid: str) 
         )
 
 
+def _check_ends_in_file(ds: Dataset, size: int) -> None:
+    """pydicom reads a last element whose declared length runs past the end of the data as far
+    as the data goes, without a word: such a dataset was cut short (or lies) and is refused."""
+    meta = getattr(ds, "file_meta", None)
+    if not len(ds) or (meta is not None and meta.get("TransferSyntaxUID") == DEFLATED):
+        return  # a deflated dataset's offsets are those of the inflated stream
+    last = ds.get_item(max(ds.keys()))
+    length, tell = getattr(last, "length", None), getattr(last, "value_tell", None)
+    if length is not None and tell is not None and length != 0xFFFFFFFF and tell + length > size:
+        raise InvalidInstance(f"element {last.tag} declares {length} bytes but the data ends {size - tell} bytes "
+                              f"after its start: the dataset is truncated", status.TRUNCATED,
+                              str(ds.get("SOPInstanceUID", "")))
+
+
 def decoded_size(ds: Dataset) -> int:
     """Bytes the pixels take once decoded (what a decoder allocates): rows × columns × samples ×
     frames × bytes per sample; 0 without an image."""
@@ -180,6 +196,7 @@ def read_instance(raw: bytes, expected: tuple[str, str] | None = None,
         raise InvalidInstance(f"the dataset cannot be parsed: {exc}", status.CANNOT_UNDERSTAND) from None
     except Exception as exc:  # pydicom raises a broad mix on damaged input
         raise InvalidInstance(f"the dataset cannot be parsed: {type(exc).__name__}: {exc}", status.CANNOT_UNDERSTAND) from None
+    _check_ends_in_file(ds, len(raw))
     if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
         raise InvalidInstance("this is not a DICOM composite instance (no SOP Class or Instance UID)", status.CANNOT_UNDERSTAND)
     record = record_from_dataset(ds)

@@ -153,6 +153,7 @@ class NodeSettings:
     host: str
     port: int
     max_associations: int = 16
+    max_associations_per_host: int = 8  # one host cannot take every slot from the modalities
     acse_timeout: int = 30
     dimse_timeout: int = 60
     network_timeout: int = 120
@@ -192,6 +193,32 @@ class _HandshakeInAssociation(ThreadedAssociationServer):
         return client_socket, address
 
 
+def receive_into_files(folder: Path) -> None:
+    """Have pynetdicom write each incoming C-STORE dataset to a file in ``folder`` as it arrives
+    (DICOM file format) instead of buffering it in memory several times over. Process-wide: the
+    DICOM node's command calls it; senders and the web server are left as they are."""
+    import tempfile
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for leftover in folder.glob("*.dcm"):  # a crash's spool files: no association is open yet
+        leftover.unlink(missing_ok=True)
+    tempfile.tempdir = str(folder)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def _received(event) -> bytes:
+    """The received instance as a DICOM file: from pynetdicom's spool file, or its buffer."""
+    try:
+        path = event.dataset_path
+    except AttributeError:
+        return event.encoded_dataset(include_meta=True)
+    return Path(path).read_bytes()
+
+
+# bytes of one DIMSE message beyond the instance limit: its command set and PDU headers
+_MESSAGE_HEADROOM = 1024 * 1024
+
+
 def _peer(event) -> tuple[str, str]:
     requestor = event.assoc.requestor
     return requestor.ae_title, requestor.address
@@ -203,6 +230,8 @@ class DicomNode:
         self.settings = settings
         self.ae = self._build_ae()
         self.server = None
+        self._per_host: dict[str, int] = {}
+        self._per_host_lock = threading.Lock()
 
     def _build_ae(self) -> AE:
         s = self.settings
@@ -229,6 +258,8 @@ class DicomNode:
             (evt.EVT_C_GET, self.handle_get),
             (evt.EVT_C_MOVE, self.handle_move),
             (evt.EVT_ESTABLISHED, self._established),
+            (evt.EVT_DATA_RECV, self._count_received),
+            (evt.EVT_DIMSE_RECV, self._message_received),
             (evt.EVT_RELEASED, self._ended),
             (evt.EVT_ABORTED, self._ended),
             (evt.EVT_CONN_CLOSE, self._ended),
@@ -273,8 +304,57 @@ class DicomNode:
         # pynetdicom's DUL thread sleeps this long between polls when idle; its 1 ms
         # default adds up to a millisecond to every C-STORE of a batch.
         event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+        calling_ae, address = _peer(event)
+        with self._per_host_lock:
+            open_here = self._per_host.get(address, 0) + 1
+            self._per_host[address] = open_here
+        event.assoc._sonoloop_counted = True
+        if open_here > self.settings.max_associations_per_host:
+            log.warning("association from %s at %s aborted: %d associations from that host are open (limit %d)",
+                        calling_ae, address, open_here - 1, self.settings.max_associations_per_host)
+            event.assoc.abort()
+            return
+        permissions = self._permissions(event)
+        if not (permissions.echo or permissions.store or permissions.query):
+            log.warning("association from %s at %s aborted: not a known peer from its host", calling_ae, address)
+            event.assoc.abort()
+
+    def _uncount(self, event) -> None:
+        if getattr(event.assoc, "_sonoloop_counted", False):
+            event.assoc._sonoloop_counted = False
+            address = _peer(event)[1]
+            with self._per_host_lock:
+                left = self._per_host.get(address, 1) - 1
+                if left > 0:
+                    self._per_host[address] = left
+                else:
+                    self._per_host.pop(address, None)
+
+    # -- the size limit while receiving: nothing is held in memory, and an oversized dataset
+    # -- is cut off at the limit instead of being written out whole
+
+    def _count_received(self, event) -> None:
+        assoc = event.assoc
+        received = getattr(assoc, "_sonoloop_received", 0) + len(event.data)
+        assoc._sonoloop_received = received
+        if received > self.settings.max_instance_bytes + _MESSAGE_HEADROOM and not getattr(assoc, "_sonoloop_cut", False):
+            assoc._sonoloop_cut = True
+            calling_ae, address = _peer(event)
+            log.error("C-STORE from %s (%s): more than the %d-byte instance limit arrived; association aborted",
+                      calling_ae, address, self.settings.max_instance_bytes)
+            assoc.abort()
+
+    @staticmethod
+    def _message_received(event) -> None:
+        event.assoc._sonoloop_received = 0
 
     def _ended(self, event) -> None:
+        self._uncount(event)
+        # a C-STORE cut off mid-way leaves pynetdicom's spool file behind
+        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+        spooled = getattr(message, "_data_set_path", None)
+        if isinstance(spooled, Path):
+            spooled.unlink(missing_ok=True)
         self.archive.association_ended()
 
     def _permissions(self, event) -> Permissions:
@@ -301,7 +381,7 @@ class DicomNode:
         if not permissions.store:
             log.warning("C-STORE refused: %s at %s may not store (SOP Instance %s)", calling_ae, address, sop_uid)
             return status.NOT_AUTHORIZED
-        raw = event.encoded_dataset(include_meta=True)
+        raw = _received(event)
         if len(raw) > self.settings.max_instance_bytes:
             log.error(
                 "C-STORE from %s rejected: SOP Instance %s is %d bytes, over the %d-byte limit",

@@ -96,6 +96,8 @@ def _json_body(request) -> tuple[dict | None, JsonResponse | None]:
         return None, JsonResponse({"error": str(exc)}, status=413)
     except (ValueError, UnicodeDecodeError) as exc:
         return None, JsonResponse({"error": f"the body is not valid JSON: {exc}"}, status=400)
+    except RecursionError:
+        return None, JsonResponse({"error": "the body is not valid JSON: nested too deeply"}, status=400)
 
 
 @api_login_required

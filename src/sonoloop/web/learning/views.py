@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from django.http import JsonResponse
+from django.views.decorators.http import require_http_methods
 
 from sonoloop.web.accounts.auth import api_login_required
 
@@ -17,6 +18,8 @@ def _body(request) -> dict:
         body = json.loads(request.body or b"{}")
     except ValueError as exc:
         raise services.LearningError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise services.LearningError("the body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise services.LearningError("the body must be a JSON object")
     return body
@@ -32,6 +35,7 @@ def _call(function, *args, status=200, **kwargs) -> JsonResponse:
 
 
 @api_login_required
+@require_http_methods(["GET"])
 def api_models(request):
     services.registry_ensure()
     trend = services.agreement_trend()

@@ -2,12 +2,13 @@
 
 import logging
 import signal
+import socket
 import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from sonoloop.dicom.node import DicomNode, NodeSettings
+from sonoloop.dicom.node import DicomNode, NodeSettings, receive_into_files
 from sonoloop.web.archive.dicom_archive import DjangoArchive
 from sonoloop.web.archive.services import filestore
 
@@ -22,6 +23,7 @@ class Command(BaseCommand):
         removed = filestore().clean_partials()
         if removed:
             log.info("removed %d partial files left by an earlier crash", removed)
+        receive_into_files(config.tmp_dir / f"received-{socket.gethostname()}")
         node = DicomNode(
             DjangoArchive(),
             NodeSettings(
@@ -29,6 +31,7 @@ class Command(BaseCommand):
                 host=config.dicom_host,
                 port=config.dicom_port,
                 max_associations=config.max_associations,
+                max_associations_per_host=config.max_associations_per_host,
                 acse_timeout=config.acse_timeout,
                 dimse_timeout=config.dimse_timeout,
                 network_timeout=config.network_timeout,
