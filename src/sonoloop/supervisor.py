@@ -133,6 +133,9 @@ def _stop_all(kids: list[Child]) -> None:
 
 def serve(config: Config) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # everything Sonoloop writes (database, images, previews, results) is patient data: for
+    # this user only; the children inherit it
+    os.umask(0o077)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sonoloop.web.settings")
     prepare(config)
     kids = children(config)

@@ -87,3 +87,20 @@ def test_sigkill_mid_batch_loses_no_acknowledged_instance(tmp_path):
         db.close()
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.slow  # two server starts and a drain: minutes on two shared cores
+def test_eight_concurrent_associations_and_readers_then_sigkill_lose_nothing_acknowledged(capsys):
+    """benchmarks/load.py, small: 8 associations storing at once while QIDO and WADO readers run,
+    then SIGKILL of every server process half-way and a restart: every acknowledged instance is
+    indexed and byte-identical (the script exits 1 otherwise)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    import load
+
+    assert load.main(["--associations", "8", "--singles", "4", "--cines", "0", "--readers", "3",
+                      "--timeout", "300"]) == 0
+    report = capsys.readouterr().out
+    assert "0 lost, 0 not byte-identical" in report and "errors: 0" in report

@@ -39,6 +39,10 @@ def test_serve_runs_web_dicom_and_worker_and_stops_them_all_on_sigterm(tmp_path)
         css = requests.get(f"{srv.url}/static/archive/sonoloop.css", timeout=10)
         assert css.status_code == 200 and "text/css" in css.headers["Content-Type"]
         assert (srv.data_dir / "initial-admin-password").read_text().strip() == ADMIN_PASSWORD
+        # patient data for this user only: the database, the folders, what the node writes
+        assert (srv.data_dir / "sonoloop.sqlite3").stat().st_mode & 0o077 == 0
+        assert all(p.stat().st_mode & 0o077 == 0 for p in (srv.data_dir, srv.data_dir / "objects"))
+        assert "'self'" in login.headers["Content-Security-Policy"]
     finally:
         code = srv.stop()
     assert code == 0

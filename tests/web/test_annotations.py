@@ -213,6 +213,27 @@ def test_roles_are_enforced_on_every_call(echo):
     response = other_reviewer.post(own_status, json.dumps({"status": "approved"}), content_type="application/json")
     assert response.status_code == 200
 
+    # a wrong approval is withdrawn with its reason, and no longer trains
+    withdraw = {"status": "withdrawn"}
+    assert reviewer.post(own_status, json.dumps(withdraw), content_type="application/json").status_code == 409
+    withdrawn = reviewer.post(own_status, json.dumps({**withdraw, "note": "LA traced on the wrong frame"}),
+                              content_type="application/json")
+    assert withdrawn.status_code == 200 and withdrawn.json()["status"] == "withdrawn"
+    assert own["id"] not in [a.pk for a in services.approved_annotations()]
+
+
+def test_an_admin_approving_their_own_annotation_must_say_why_and_it_is_recorded(echo):
+    instance, labels = echo
+    boss = client_for("boss", "admin")
+    own = post(boss, instance, upload({5: labels[4]}, status="submitted")).json()
+    status_url = f"/api/annotations/{own['id']}/status"
+    silent = boss.post(status_url, json.dumps({"status": "approved"}), content_type="application/json")
+    assert silent.status_code == 403 and "say why" in silent.json()["error"]
+    reasoned = boss.post(status_url, json.dumps({"status": "approved", "note": "the only cardiologist on call"}),
+                         content_type="application/json")
+    assert reasoned.status_code == 200
+    assert reasoned.json()["history"][-1]["note"] == "self-approved by an admin: the only cardiologist on call"
+
 
 def test_an_approved_annotation_exports_as_a_manual_seg_with_exact_frame_mapping(echo):
     instance, labels = echo

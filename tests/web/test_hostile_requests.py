@@ -134,3 +134,11 @@ def test_the_production_settings_pass_check_deploy(tmp_path):
                            env={**env, "SONOLOOP_PUBLIC_URL": ""}, capture_output=True, text=True, timeout=120)
     assert plain.returncode != 0 and "W012" in plain.stdout + plain.stderr  # plain HTTP: cookies not secure
     assert oct((tmp_path / "data").stat().st_mode & 0o777) == "0o700"
+
+
+def test_every_page_carries_a_content_security_policy_without_inline_scripts(client, admin):
+    client.force_login(admin)
+    page = client.get("/studies/")
+    policy = page["Content-Security-Policy"]
+    assert "script-src 'self' 'wasm-unsafe-eval'" in policy and "unsafe-inline" not in policy.split("style-src")[0]
+    assert "frame-ancestors 'none'" in policy

@@ -127,3 +127,16 @@ def test_an_unexpected_error_shows_a_message_not_a_traceback(logged_in, stored, 
     body = page.content.decode()
     assert "Something went wrong" in body
     assert "secret patient detail" not in body and "Traceback" not in body
+
+
+def test_stow_to_a_study_refuses_an_instance_of_another_study(client, user, config, samples):
+    config(auto_analysis=False)
+    basic = "Basic " + base64.b64encode(b"cardio:s3cret-pass").decode()
+    part = samples["us_native"].read_bytes()
+    body = b'--XX\r\nContent-Type: application/dicom\r\n\r\n' + part + b"\r\n--XX--\r\n"
+    response = client.post("/dicomweb/studies/1.2.826.0.1.3680043.8.498.1", data=body, HTTP_AUTHORIZATION=basic,
+                           content_type='multipart/related; type="application/dicom"; boundary=XX')
+    assert response.status_code == 409
+    failed = json.loads(response.content)["00081198"]["Value"][0]
+    assert failed["00081197"]["Value"][0] == 0xA900
+    assert Instance.objects.count() == 0

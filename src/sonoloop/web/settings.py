@@ -38,6 +38,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "sonoloop.web.headers.ContentSecurityPolicy",
 ]
 
 ROOT_URLCONF = "sonoloop.web.urls"

@@ -13,8 +13,8 @@ from sonoloop.web.archive.models import Instance
 
 
 class Annotation(models.Model):
-    DRAFT, SUBMITTED, APPROVED = "draft", "submitted", "approved"
-    STATUSES = [(s, s) for s in (DRAFT, SUBMITTED, APPROVED)]
+    DRAFT, SUBMITTED, APPROVED, WITHDRAWN = "draft", "submitted", "approved", "withdrawn"
+    STATUSES = [(s, s) for s in (DRAFT, SUBMITTED, APPROVED, WITHDRAWN)]
 
     instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="annotations")
     version = models.PositiveIntegerField(help_text="1, 2, … per instance; a save never overwrites.")

@@ -141,6 +141,8 @@ TRANSITIONS = {  # (from, to): (action, role)
     (Annotation.DRAFT, Annotation.SUBMITTED): ("submitted", "annotator"),
     (Annotation.SUBMITTED, Annotation.APPROVED): ("approved", "reviewer"),
     (Annotation.SUBMITTED, Annotation.DRAFT): ("returned", "reviewer"),
+    # a wrong approval is withdrawn (with the reason), never edited: it no longer trains
+    (Annotation.APPROVED, Annotation.WITHDRAWN): ("withdrawn", "reviewer"),
 }
 
 
@@ -155,8 +157,15 @@ def annotation_status_set(annotation: Annotation, user, status: str, note: str =
         raise NotAllowed(f"only a user with the {role} role can make an annotation {status}")
     if action == "submitted" and annotation.author_id != user.pk and not has_role(user, "reviewer"):
         raise NotAllowed("only the author or a reviewer can submit this annotation")
-    if action == "approved" and annotation.author_id == user.pk and not has_role(user, "admin"):
-        raise NotAllowed("a reviewer cannot approve their own annotation; another reviewer must")
+    if action == "approved" and annotation.author_id == user.pk:
+        if not has_role(user, "admin"):
+            raise NotAllowed("a reviewer cannot approve their own annotation; another reviewer must")
+        if not note.strip():
+            raise NotAllowed("an admin approving their own annotation skips the second pair of eyes: "
+                             "say why in the note")
+        note = f"self-approved by an admin: {note.strip()}"
+    if action == "withdrawn" and not note.strip():
+        raise StatusError("say why the approval is withdrawn (note)")
     with transaction.atomic():
         moved = Annotation.objects.filter(pk=annotation.pk, status=annotation.status).update(
             status=status, status_changed_at=timezone.now())

@@ -318,12 +318,13 @@ def stow(request, study=None):
     if not parts:
         return _error(400, "the request holds no DICOM parts")
     stored, failed, received = [], [], []
+    sender = services.admin_sender("stow", request.user.username, request.META.get("REMOTE_ADDR", ""))
     for part_type, payload in parts:
         if part_type and not part_type.startswith("application/dicom"):
             failed.append(_sop_reference("", "", 0xA900))
             continue
         try:
-            result = services.instance_store(payload, sender=services.admin_sender("stow", request.user.username, request.META.get("REMOTE_ADDR", "")))
+            result = services.instance_store(payload, sender=sender, study_uid=study)
         except InvalidInstance as exc:
             log.warning("STOW-RS from %s: instance %s rejected: %s", request.user, exc.sop_instance_uid, exc)
             failed.append(_sop_reference("", exc.sop_instance_uid, exc.status))
@@ -334,8 +335,6 @@ def stow(request, study=None):
         inst = result.instance
         if not result.kept_existing:
             received.append(inst)
-        if study and inst.series.study.study_instance_uid != study:
-            log.warning("STOW-RS: instance %s belongs to another study than the URL's", inst.sop_instance_uid)
         url = request.build_absolute_uri(
             f"/dicomweb/studies/{inst.series.study.study_instance_uid}/series/"
             f"{inst.series.series_instance_uid}/instances/{inst.sop_instance_uid}"

@@ -290,7 +290,7 @@ def _index_when_durable(record: InstanceRecord, key: str, raw: bytes, sender: Se
 
 
 def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str, str] | None = None,
-                   derived: bool = False) -> StoreResult:
+                   derived: bool = False, study_uid: str | None = None) -> StoreResult:
     """Validate, durably write and index one DICOM instance (a complete DICOM file).
 
     The file is written under a new server-generated key (temporary name, fsync, rename,
@@ -306,12 +306,16 @@ def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str
     from the instance's first sender (same name and host) or a sender trusted for
     corrections, and never when the instance has AI results or annotations (refused).
     Otherwise the first copy is kept. ``derived``: an object Sonoloop made itself (its SEG,
-    SR), which receivers of ``instance_indexed`` need not analyse.
+    SR), which receivers of ``instance_indexed`` need not analyse. ``study_uid``: the study
+    the request named (STOW-RS to /studies/{study}); an instance of another study is refused.
     """
     key = new_key()
     written = _file_writer().submit(filestore().put, raw, key)
     try:
         _, record = read_instance(raw, expected, settings.CONFIG.max_decoded_mb * 1024 * 1024)
+        if study_uid and record.study_instance_uid != study_uid:
+            raise InvalidInstance(f"the instance belongs to study {record.study_instance_uid}, not to {study_uid} "
+                                  f"named by the request", status.DATASET_DOES_NOT_MATCH, record.sop_instance_uid)
         instance, old_key, outcome = _index_when_durable(record, key, raw, sender, written, derived)
     except BaseException:
         _discard(written, key)
