@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resolution", type=int, metavar="PX",
                           help="resample frames and labels to PX on the long side first and score there "
                                "(e.g. 112, the size of EchoNet-style loops)")
+    evaluate.add_argument("--flip-average", action="store_true",
+                          help="test-time augmentation: average each frame's probabilities with its mirror image's "
+                               "(twice the network time)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="segment every frame of a DICOM file")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
@@ -14,6 +15,17 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
 ]
+
+
+def wait_until(page, expression: str, timeout: float = 30_000) -> None:
+    """Wait for a JavaScript expression to be true. Playwright's ``wait_for_function`` evaluates
+    its predicate with eval() inside the page, which the Content-Security-Policy forbids (as it
+    should); ``page.evaluate`` goes through the DevTools protocol instead."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout / 1000:.0f} s: {expression}")
+        page.wait_for_timeout(50)
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +68,11 @@ def test_login_search_and_drill_down_to_a_cine_loop(server, samples, browser, tm
     page.wait_for_selector("#frame-image")
     assert "Ultrasound Multi-frame Image Storage" in page.inner_text("h1")
     assert "120" in page.inner_text("#instance-attributes")
-    page.wait_for_function("document.querySelector('#frame-image').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#frame-image').naturalWidth > 0")
 
     page.fill("input[name=frame]", "60")
     page.click("form.frames button")
-    page.wait_for_function("document.querySelector('#frame-image').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#frame-image').naturalWidth > 0")
     assert "frame=60" in page.get_attribute("#frame-image", "src")
     page.screenshot(path=str(tmp_path / "instance.png"))
     page.close()

@@ -17,7 +17,7 @@ from pydicom import dcmread
 from sonoloop.ml.engines import cpu_has_native_bf16
 from sonoloop.web.annotations.document import rle_decode
 from tests.conftest import ADMIN_PASSWORD, make_server, require_tools, sonoloop_bin
-from tests.e2e.test_browser import CHROMIUM_ARGS
+from tests.e2e.test_browser import CHROMIUM_ARGS, wait_until
 from tests.e2e.test_pipeline import send, wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -77,7 +77,7 @@ def log_in(browser, server, username, password):
 def open_editor(page, server, uid) -> float:
     began = time.monotonic()
     page.goto(f"{server.url}/instances/{uid}/editor/")
-    page.wait_for_function(f"['ready', 'error'].includes({READY})", timeout=60_000)
+    wait_until(page, f"['ready', 'error'].includes({READY})", timeout=60_000)
     elapsed = time.monotonic() - began
     state = page.get_attribute("#sonoloop-editor", "data-viewer-state")
     assert state == "ready", page.inner_text("#viewer-message")
@@ -200,15 +200,15 @@ def test_paint_erase_undo_save_reload_and_the_stored_masks_differ_exactly_where_
     trace(page, "#viewport-overlay", columns, outline)
 
     page.click("#save")
-    page.wait_for_function("document.querySelector('#sonoloop-editor').dataset.savedVersion === '1'", timeout=30_000)
+    wait_until(page, "document.querySelector('#sonoloop-editor').dataset.savedVersion === '1'", timeout=30_000)
     assert "Saved annotation v1" in page.inner_text("#editor-status")
 
     page.reload()
-    page.wait_for_function(f"{READY} === 'ready'", timeout=60_000)
+    wait_until(page, f"{READY} === 'ready'", timeout=60_000)
     assert page.locator("#annotation-list tbody tr[data-version='1']").count() == 1
     assert "draft" in page.inner_text("#annotation-list tbody tr[data-version='1']")
     page.click("#annotation-list tbody tr[data-version='1'] button:text('Open')")
-    page.wait_for_function("document.querySelector('#sonoloop-editor').dataset.openedVersion === '1'")
+    wait_until(page, "document.querySelector('#sonoloop-editor').dataset.openedVersion === '1'")
     assert page.get_attribute("#sonoloop-editor", "data-frame") == "5"
     assert not errors, errors
 
@@ -250,7 +250,7 @@ def test_cine_plays_at_the_files_frame_rate(server, cine, browser, samples):
     open_editor(page, server, cine)
     file_fps = 1000 / frame_time if frame_time else 30
     assert int(page.input_value("#fps")) == round(file_fps)
-    page.wait_for_function("document.querySelector('#sonoloop-editor').dataset.framesLoaded === '120'",
+    wait_until(page, "document.querySelector('#sonoloop-editor').dataset.framesLoaded === '120'",
                            timeout=60_000)
     clock = "[performance.now(), Number(document.querySelector('#sonoloop-editor').dataset.frame)]"
     page.click("#play")
@@ -294,7 +294,7 @@ def test_without_webgl_the_page_says_so(server, cine, playwright):
                                          args=[*CHROMIUM_ARGS, "--disable-3d-apis"])
     page, _ = log_in(browser, server, "admin", ADMIN_PASSWORD)
     page.goto(f"{server.url}/instances/{cine}/editor/")
-    page.wait_for_function(f"{READY} === 'error'", timeout=30_000)
+    wait_until(page, f"{READY} === 'error'", timeout=30_000)
     message = page.inner_text("#viewer-message")
     assert "WebGL" in message and page.locator("#viewer-message").is_visible()
     browser.close()

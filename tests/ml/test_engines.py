@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sonoloop.ml.engines import EngineError, OnnxEngine, TorchEngine, build_engine, resolve
+from sonoloop.ml.engines import EngineError, FlipAveraged, OnnxEngine, TorchEngine, build_engine, resolve
 from sonoloop.ml.infer import Segmenter
 from sonoloop.ml.modelfolder import save_model
 from sonoloop.ml.network import build_network
@@ -84,3 +84,18 @@ def test_segmenter_label_maps_are_the_same_with_onnx_and_eager(tiny, tmp_path):
     eager_labels = Segmenter(folder, engine="fp32").predict(frames)
     assert onnx_labels.shape == (5, 90, 120)
     assert (onnx_labels == eager_labels).mean() > 0.999
+
+
+def test_flip_averaging_mixes_each_frame_with_its_mirror_image():
+    class Ramp:  # class 1 grows from the left edge to the right, whatever the image
+        name = "ramp"
+
+        def __call__(self, batch):
+            n, _, h, w = batch.shape
+            ramp = torch.linspace(0, 1, w).expand(n, h, w)
+            return torch.stack([1 - ramp, ramp], dim=1)
+
+    averaged = FlipAveraged(Ramp())
+    out = averaged(np.zeros((2, 1, 4, 5), np.float32))
+    assert out.shape == (2, 2, 4, 5) and torch.allclose(out, torch.full_like(out, 0.5))
+    assert averaged.name == "ramp+flip"

@@ -74,7 +74,8 @@ def evaluate_command(args) -> int:
     from .infer import Segmenter
 
     try:
-        segmenter = Segmenter(resolve_model(args.model), engine=getattr(args, "engine", "auto"))
+        segmenter = Segmenter(resolve_model(args.model), engine=getattr(args, "engine", "auto"),
+                              flip_average=getattr(args, "flip_average", False))
         frames = select(camus_frames(Path(args.data)), args.split, args.limit)
     except (ModelFolderError, DataError, EngineError) as exc:
         print(f"sonoloop evaluate: {exc}", file=sys.stderr)

@@ -141,3 +141,17 @@ def _build(name: str, network: torch.nn.Module, size: int, device: str):
         engine = TorchEngine(network, device, bf16=name.endswith("bf16"), compile=name.startswith("compile"))
     engine(np.zeros((1, 1, size, size), dtype=np.float32))
     return engine
+
+
+class FlipAveraged:
+    """Test-time augmentation: the class probabilities of each frame and of its left–right
+    mirror image (flipped back) averaged. Two network passes per frame."""
+
+    def __init__(self, engine):
+        self.inner = engine
+        self.name = f"{engine.name}+flip"
+
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        plain = self.inner(batch)
+        mirrored = self.inner(np.ascontiguousarray(batch[..., ::-1]))
+        return (plain + torch.flip(mirrored, dims=[-1])) / 2

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engines import build_engine
+from .engines import FlipAveraged, build_engine
 from .modelfolder import load_model
 from .preprocess import Box, Geometry, loop_box, prepare
 
@@ -93,11 +93,14 @@ def temporal_weights(sigma: float) -> np.ndarray:
 class Segmenter:
     """A model version ready to segment frames; ``engine`` is one of ``engines.ENGINES``."""
 
-    def __init__(self, folder: Path, device: str = "cpu", chunk: int = 1, engine: str = "auto"):
+    def __init__(self, folder: Path, device: str = "cpu", chunk: int = 1, engine: str = "auto",
+                 flip_average: bool = False):
         self.network, self.description = load_model(folder, device)
         self.device, self.chunk = device, chunk
         self.size = int(self.description["preprocessing"]["size"])
         self.engine = build_engine(engine, self.network, self.size, device)
+        if flip_average:  # test-time augmentation, twice the network time
+            self.engine = FlipAveraged(self.engine)
         self.classes = list(self.description["classes"])
         postprocessing = self.description.get("postprocessing", {})
         self.largest_component = bool(postprocessing.get("largest_component", True))

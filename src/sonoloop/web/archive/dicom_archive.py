@@ -53,8 +53,13 @@ class DjangoArchive:
 
     def association_ended(self) -> None:
         stored = self._stored()
-        if stored:
-            received = services.Instance.objects.filter(pk__in=stored).select_related("series__study__patient")
-            trail.record_transfer(self._association.actor, received, "C", "C-STORE")
+        try:
+            if stored:
+                received = []
+                for start in range(0, len(stored), 500):  # SQLite bounds the parameters of one query
+                    received += services.Instance.objects.filter(pk__in=stored[start: start + 500]).select_related(
+                        "series__study__patient")
+                trail.record_transfer(self._association.actor, received, "C", "C-STORE")
+        finally:
             stored.clear()
-        connection.close()
+            connection.close()
