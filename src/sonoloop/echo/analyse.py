@@ -14,7 +14,6 @@ import numpy as np
 from scipy import ndimage
 
 from sonoloop.dicom.views import apical_view
-from sonoloop.ml.infer import fill_holes, keep_largest_components
 from sonoloop.ml.preprocess import Box, loop_box, region_box, to_gray
 
 from . import quality
