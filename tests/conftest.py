@@ -134,6 +134,8 @@ def make_server(tmp_path: Path, **extra_env: str) -> Server:
         # most tests send with storescu under made-up AE titles: an open node, as documented;
         # the tests of who may store turn it off
         SONOLOOP_DICOM_OPEN_STORE="1",
+        # no test retrains through serve's own training worker; test_serve checks it starts
+        SONOLOOP_TRAINING_WORKERS="0",
     )
     env.update(extra_env)
     tmp_path.mkdir(parents=True, exist_ok=True)

@@ -114,7 +114,9 @@ class Config:
     https_cert: str = ""  # gunicorn serves HTTPS itself with these (else a TLS proxy in front)
     https_key: str = ""
     web_workers: int = 2
-    task_workers: int = 1
+    task_workers: int = 1  # segmentation and everything else but training
+    training_workers: int = 1  # retraining runs only, so a long run never holds up arriving echoes
+    preview_cache_mb: int = 512  # PNG previews of frames kept on disk, least recently made go first
     auto_analysis: bool = True  # segment and measure every stored echo
     model: str = "default"  # the model version that segments arriving echoes: a folder or "default"
     inference_engine: str = "auto"
@@ -171,6 +173,8 @@ class Config:
             https_key=_env_str(env, "SONOLOOP_HTTPS_KEY"),
             web_workers=_env_int(env, "SONOLOOP_WEB_WORKERS", 2, 1),
             task_workers=_env_int(env, "SONOLOOP_TASK_WORKERS", 1, 0),
+            training_workers=_env_int(env, "SONOLOOP_TRAINING_WORKERS", 1, 0),
+            preview_cache_mb=_env_int(env, "SONOLOOP_PREVIEW_CACHE_MB", 512, 1),
             auto_analysis=_env_bool(env, "SONOLOOP_AUTO_ANALYSIS", True),
             model=_env_str(env, "SONOLOOP_MODEL", "default"),
             inference_engine=_inference_engine(_env_str(env, "SONOLOOP_INFERENCE_ENGINE", "auto")),

@@ -72,14 +72,16 @@ def children(config: Config) -> list[Child]:
         ),
     )
     dicom = Child("DICOM node", _python("-m", "sonoloop.cli", "manage", "dicomnode"))
-    workers = [
-        Child(
-            f"task worker {n + 1}",
-            _python("-m", "sonoloop.cli", "manage", "worker", "--queue-name", "*", "--interval", "0.5",
-                    "--worker-id", f"{os.uname().nodename[:20]}-{os.getpid()}-{n}"),
-        )
-        for n in range(config.task_workers)
-    ]
+    def worker(name: str, queues: list[str], n: int) -> Child:
+        return Child(name, _python("-m", "sonoloop.cli", "manage", "worker", *queues, "--interval", "0.5",
+                                   "--worker-id", f"{os.uname().nodename[:20]}-{os.getpid()}-{n}"))
+
+    # a retraining run holds its worker for hours: it gets workers of its own, so that the
+    # echoes arriving meanwhile are still segmented (SONOLOOP_TRAINING_WORKERS=0: trained elsewhere)
+    workers = [worker(f"task worker {n + 1}", ["--queue-name", "*", "--exclude-queues", "training"], n)
+               for n in range(config.task_workers)]
+    workers += [worker(f"training worker {n + 1}", ["--queue-name", "training"], config.task_workers + n)
+                for n in range(config.training_workers)]
     return [web, dicom, *workers]
 
 
@@ -104,15 +106,21 @@ def _ensure_admin(config: Config) -> None:
     User = get_user_model()
     if User.objects.filter(is_superuser=True).exists():
         return
-    password = os.environ.get("SONOLOOP_ADMIN_PASSWORD", "").strip() or secrets.token_urlsafe(12)
+    given = os.environ.get("SONOLOOP_ADMIN_PASSWORD", "").strip()
+    password = given or secrets.token_urlsafe(12)
     User.objects.create_superuser("admin", "", password)
-    note = config.data_dir / "initial-admin-password"
+    if given:  # whoever set it knows it: no copy on disk
+        log.warning("created the first user 'admin' with the password from SONOLOOP_ADMIN_PASSWORD")
+        return
+    from sonoloop.web.accounts.initial import initial_password_file
+
+    note = initial_password_file()
     fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(password + "\n")
     log.warning(
-        "created the first user 'admin'; its password is in %s — log in and change it "
-        "(or run `sonoloop manage changepassword admin`)", note,
+        "created the first user 'admin'; its password is in %s until it is changed — log in and "
+        "change it (or run `sonoloop manage changepassword admin`)", note,
     )
 
 

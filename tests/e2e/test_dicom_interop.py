@@ -392,3 +392,95 @@ def test_tls_node_answers_echo_over_tls_only(tmp_path):
     finally:
         silent.close()
         assert srv.stop() == 0
+
+
+def _certificates(folder: Path, *names: str, servers: tuple[str, ...] = ()) -> dict[str, tuple[Path, Path]]:
+    """A test CA and, per name, a certificate it signed with that CN (servers also with
+    localhost/127.0.0.1 as alternative names); ``ca`` maps to the CA's own pair."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = (folder / "ca.pem", folder / "ca.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=Test CA",
+                    "-keyout", str(ca[1]), "-out", str(ca[0])], check=True, capture_output=True)
+    made = {"ca": ca}
+    for name in (*names, *servers):
+        cert, key, csr, ext = (folder / f"{name}.pem", folder / f"{name}.key", folder / f"{name}.csr",
+                               folder / f"{name}.ext")
+        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n" if name in servers else "basicConstraints=CA:FALSE\n")
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                        "-keyout", str(key), "-out", str(csr)], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+                        "-CAcreateserial", "-days", "1", "-out", str(cert), "-extfile", str(ext)],
+                       check=True, capture_output=True)
+        made[name] = (cert, key)
+    return made
+
+
+def test_a_client_certificate_speaks_only_for_its_own_peer_and_c_move_goes_out_over_tls(tmp_path, samples):
+    """With client certificates required, any certificate from the CA used to be good for any
+    AE title; now a peer's certificate must name it. Results and C-MOVE to a peer marked for
+    TLS leave over TLS, with the peer's certificate checked and Sonoloop's own presented."""
+    from pynetdicom import evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+    from sonoloop.dicom.tls import certificate_names, client_context, server_context
+
+    require_tools("openssl")
+    certs = _certificates(tmp_path / "pki", "MODALITY1", "INTRUDER", servers=("sonoloop-node", "ARCHIVE2"))
+    ca = str(certs["ca"][0])
+    node_cert, node_key = map(str, certs["sonoloop-node"])
+    srv = make_server(tmp_path / "srv", SONOLOOP_DICOM_TLS_CERT=node_cert, SONOLOOP_DICOM_TLS_KEY=node_key,
+                      SONOLOOP_DICOM_TLS_CA=ca, SONOLOOP_DICOM_OPEN_STORE="0").start()
+
+    received, presented = [], []
+
+    def on_store(event):
+        presented.append(certificate_names(event.assoc.dul.socket.socket))
+        received.append(event.dataset.SOPInstanceUID)
+        return 0x0000
+
+    archive2 = AE(ae_title="ARCHIVE2")
+    archive2.add_supported_context(UltrasoundMultiFrameImageStorage, ["1.2.840.10008.1.2.4.50"])
+    archive2.add_supported_context(UltrasoundMultiFrameImageStorage)
+    archive2_port = free_port()
+    scp = archive2.start_server(("127.0.0.1", archive2_port), block=False,
+                                ssl_context=server_context(*map(str, certs["ARCHIVE2"]), ca),
+                                evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        srv.cli("peer", "add", "MODALITY1", "--host", "127.0.0.1", "--port", "104", "--store", "--query")
+        srv.cli("peer", "add", "ARCHIVE2", "--host", "127.0.0.1", "--port", str(archive2_port),
+                "--move-destination", "--tls")
+        cine = dcmread(samples["cine_jpeg"])
+
+        def associate(who: str):
+            context = client_context(*map(str, certs[who]), ca)
+            context.check_hostname = False
+            ae = AE(ae_title="MODALITY1")
+            ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 20
+            ae.add_requested_context(UltrasoundMultiFrameImageStorage, cine.file_meta.TransferSyntaxUID)
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+            return ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title, tls_args=(context, None))
+
+        # another device with a certificate from the same CA claims MODALITY1: it gets nothing
+        intruder = associate("INTRUDER")
+        if intruder.is_established:
+            status = intruder.send_c_store(cine)
+            assert not status or "Status" not in status or status.Status != 0x0000, srv.log()[-3000:]
+            if intruder.is_established:
+                intruder.abort()
+        assert "its certificate (INTRUDER) is not the one of peer MODALITY1" in srv.log()
+
+        modality = associate("MODALITY1")
+        assert modality.is_established
+        assert modality.send_c_store(cine).Status == 0x0000
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = cine.StudyInstanceUID
+        statuses = [s.Status for s, _ in modality.send_c_move(query, "ARCHIVE2",
+                                                              StudyRootQueryRetrieveInformationModelMove) if s]
+        modality.release()
+        assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
+        assert received == [cine.SOPInstanceUID]
+        assert presented[0] is not None and "sonoloop-node" in presented[0]  # Sonoloop showed its certificate
+    finally:
+        scp.shutdown()
+        assert srv.stop() == 0

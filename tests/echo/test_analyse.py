@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sonoloop.echo.analyse import loop_check, lv_cut_off, repair
+from sonoloop.echo.analyse import FRAME_BY_FRAME, PipelineSettings, loop_check, lv_cut_off, repair
 from sonoloop.echo.measure import Calibration, measure_loop
 from sonoloop.echo.quality import curve_noise
 from sonoloop.ml.infer import Segmenter, fill_holes, keep_largest_components
@@ -86,6 +86,18 @@ def test_temporal_smoothing_averages_class_probabilities_over_neighbouring_frame
     smoothed = segmenter.predict(frames, temporal_sigma=1.0)
     assert [(smoothed[n] == 1).sum() for n in range(10)] == [256] * 10
     assert len(calls) == 10  # each frame through the network once
+
+
+def test_temporal_smoothing_covers_the_same_time_at_any_frame_rate():
+    """σ is set in milliseconds: 1.5 frames at 30 frames/s, 3 frames at 60; a loop without
+    timing is taken as 30 frames/s; frame by frame means no smoothing at all."""
+    settings = PipelineSettings()
+    assert settings.sigma_frames(1000 / 30) == pytest.approx(1.5)
+    assert settings.sigma_frames(1000 / 60) == pytest.approx(3.0)
+    assert settings.sigma_frames(None) == settings.sigma_frames(0) == pytest.approx(1.5)
+    assert FRAME_BY_FRAME.sigma_frames(20.0) == 0.0
+    assert settings.as_dict(20.0) == {"temporal_sigma_ms": 50.0, "temporal_sigma_frames": 2.5,
+                                      "repair": True}
 
 
 def test_a_dilated_low_ef_ventricle_is_measured_within_five_points():

@@ -70,7 +70,7 @@ def test_a_cine_is_segmented_stored_as_seg_and_measured(config, samples):
     assert len(m["areas"]["LV"]) == 30 and m["ed_es_source"] == "LV area"
     assert m["frame_times_ms"][1] > 0
     # consistent masks on every frame of this real loop
-    assert m["implausible_frames"] == 0 and m["quality"]["pipeline"] == {"temporal_sigma": 1.0, "repair": True}
+    assert m["implausible_frames"] == 0 and m["quality"]["pipeline"] == {"temporal_sigma_ms": 50.0, "temporal_sigma_frames": 1.5, "repair": True}
     # this one-second cut starts after an end-systole and ends while the LV is still emptying:
     # no complete ED→ES, so no EF — the old frame-by-frame path took its last frame for ES
     lv = m["areas"]["LV"]
@@ -169,6 +169,30 @@ def test_running_again_makes_a_new_version_and_keeps_the_old(config, samples):
     assert Instance.objects.filter(sop_instance_uid=results[0].seg_sop_instance_uid).exists()
     assert services.job_run(job.pk) == AnalysisJob.DONE  # a duplicate delivery does nothing
     assert AnalysisResult.objects.filter(instance=instance).count() == 2
+
+
+def test_a_job_run_again_after_a_crash_replaces_its_seg_and_sr_instead_of_orphaning_them(config, samples,
+                                                                                      monkeypatch):
+    """The SEG and SR are stored before the result row commits; a worker killed in between is
+    re-queued, and the second run writes objects with the same UIDs (derived from the job)."""
+    instance = store(samples["cine_30"])
+    job = AnalysisJob.objects.get(instance=instance)
+
+    def killed(result):
+        raise RuntimeError("the worker died here")
+
+    monkeypatch.setattr(services, "forwards_queue", killed)
+    assert services.job_run(job.pk) == AnalysisJob.FAILED
+    assert not AnalysisResult.objects.exists()
+    stored = {m: Instance.objects.filter(series__modality=m).count() for m in ("SEG", "SR")}
+    assert stored == {"SEG": 1, "SR": 1}
+    monkeypatch.undo()
+    AnalysisJob.objects.filter(pk=job.pk).update(status=AnalysisJob.QUEUED)  # as jobs_requeue_stale does
+    assert services.job_run(job.pk) == AnalysisJob.DONE
+    result = AnalysisResult.objects.get(instance=instance)
+    for modality, uid in (("SEG", result.seg_sop_instance_uid), ("SR", result.sr_sop_instance_uid)):
+        (only,) = Instance.objects.filter(series__modality=modality)
+        assert only.sop_instance_uid == uid
 
 
 def test_jobs_command_lists_and_retries(config, samples, capsys):

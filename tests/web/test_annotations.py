@@ -262,6 +262,11 @@ def test_an_approved_annotation_exports_as_a_manual_seg_with_exact_frame_mapping
                 assert np.array_equal(read[frame - 1] == by_name[name], mask == value)
     assert not read[[i for i in range(FRAMES) if i + 1 not in masks]].any()
     assert reviewer.post(export).json()["segmentation"] == seg_uid  # exported once
+    # an export whose row never committed (a crash after storing) is written again under the
+    # same UIDs: it replaces the first object instead of leaving an orphan beside it
+    Annotation.objects.filter(pk=created["id"]).update(seg_sop_instance_uid="")
+    assert reviewer.post(export).json()["segmentation"] == seg_uid
+    assert Instance.objects.filter(series__modality="SEG").count() == 1
     if not have("dciodvfy"):
         pytest.skip("dciodvfy (dicom3tools) is not installed: the SEG was not validated")
     out = subprocess.run(["dciodvfy", str(instance_path(seg_instance))], capture_output=True, text=True)

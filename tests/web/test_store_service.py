@@ -132,3 +132,43 @@ def test_archive_check_indexes_lost_rows_again_and_never_deletes_a_file(config, 
         == b"a file written just before a crash"
     assert services.instance_path(kept).exists()
     assert services.archive_check(repair=True, min_age_seconds=0).orphan_keys == []
+
+
+def _previews(settings):
+    return sorted((settings.CONFIG.cache_dir / "previews").rglob("*.png"))
+
+
+def test_previews_come_in_a_few_sizes_and_go_with_their_file(config, samples, settings):
+    from sonoloop.web.archive import previews
+
+    first = services.instance_store(samples["us_rle_palette"].read_bytes()).instance
+    for size in (1, 100, 128, 129, 5000):
+        services.instance_preview_png(first, 1, size)
+    assert sorted(int(p.stem.rsplit("-", 1)[1]) for p in _previews(settings)) == [128, 160, 2048]
+    old_key = first.file_key
+    # a replaced file takes its previews with it: the next preview shows the new pixels
+    replaced = services.instance_store(file_bytes(samples["us_rle_palette"], SeriesDescription="corrected"))
+    assert replaced.replaced and replaced.instance.file_key != old_key
+    assert _previews(settings) == []
+    services.instance_preview_png(replaced.instance, 1, 128)
+    assert [p.name.split("-")[0] for p in _previews(settings)] == [replaced.instance.file_key]
+    assert previews.forget(replaced.instance.file_key) == 1 and _previews(settings) == []
+
+
+def test_the_preview_cache_stays_under_its_limit_dropping_the_oldest_first(config, samples, settings):
+    import os
+
+    from sonoloop.web.archive import previews
+
+    cine = services.instance_store(samples["cine_jpeg"].read_bytes()).instance
+    for n, frame in enumerate((1, 2, 3, 4)):
+        services.instance_preview_png(cine, frame, 128)
+        made = next(p for p in _previews(settings) if p.name.endswith(f"-{frame}-128.png"))
+        os.utime(made, (1000 + n, 1000 + n))  # written in this order
+    sizes = {p.name: p.stat().st_size for p in _previews(settings)}
+    keep = sum(sorted(sizes.values())[-2:]) + 1  # room for the two newest whatever their sizes
+    newest = sorted(sizes, key=lambda name: name.split("-")[1])[-2:]
+    assert previews.prune(sum(sizes.values())) == 0  # within the limit: nothing goes
+    assert previews.prune(keep) >= 2
+    left = [p.name for p in _previews(settings)]
+    assert set(left) <= set(newest) and left and newest[-1] in left

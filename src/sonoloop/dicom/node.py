@@ -18,8 +18,7 @@ from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, build_context, evt
-from pynetdicom import association as _association_module
+from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -29,18 +28,15 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
-    _STORAGE_CLASSES,
 )
 
-from . import status
+from . import status, tls
+from .tuning import DUL_POLL_SECONDS
 from .filestore import StorageFull
 from .instance import InvalidInstance
 from .query import Query, QueryError, build_response, check_retrieve_keys, parse_identifier
 
 log = logging.getLogger("sonoloop.dicom")
-
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
 
 # Transfer syntaxes stored as sent (PS3.5 Annex A).
 TRANSFER_SYNTAXES = [
@@ -67,7 +63,7 @@ RETIRED_ULTRASOUND = {
     "UltrasoundMultiFrameImageStorageRetired": "1.2.840.10008.5.1.4.1.1.3",
 }
 
-STORAGE_SOP_CLASSES = sorted(set(_STORAGE_CLASSES.values()) | set(RETIRED_ULTRASOUND.values()))
+STORAGE_SOP_CLASSES = sorted({c.abstract_syntax for c in AllStoragePresentationContexts} | set(RETIRED_ULTRASOUND.values()))
 
 FIND_MODELS = {
     PatientRootQueryRetrieveInformationModelFind: "PATIENT",
@@ -83,25 +79,6 @@ MOVE_MODELS = {
 }
 
 
-# pynetdicom polls with 1 ms sleeps; 0.1 ms lifts single-frame ingest by ~25 % at the cost
-# of ~10,000 wake-ups a second per open association (benchmarks/ingest.py).
-DUL_POLL_SECONDS = 0.0001
-
-
-class _FasterReactorClock:
-    """pynetdicom's association reactor polls its message queue with ``time.sleep(0.001)``
-    (association.py, ``_run_reactor``), which costs up to 1 ms per C-STORE in a batch.
-    Its module sees this clock instead: the 1 ms poll becomes DUL_POLL_SECONDS; other calls pass through."""
-
-    def __getattr__(self, name):
-        return getattr(time, name)
-
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        time.sleep(DUL_POLL_SECONDS if seconds == 0.001 else seconds)
-
-
-_association_module.time = _FasterReactorClock()
 
 
 @dataclass(frozen=True)
@@ -126,12 +103,14 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False  # C-MOVE sub-associations to it run over TLS
 
 
 class Archive(Protocol):
     """What the node needs from the archive; the web app implements it."""
 
-    def permissions(self, calling_ae: str, address: str) -> Permissions: ...
+    def permissions(self, calling_ae: str, address: str,
+                    certificate_names: frozenset[str] | None = None) -> Permissions: ...
 
     def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None,
               may_correct: bool = False) -> int:
@@ -267,14 +246,11 @@ class DicomNode:
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         s = self.settings
-        if not s.tls_cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(s.tls_cert, s.tls_key)
-        if s.tls_ca:
-            context.load_verify_locations(cafile=s.tls_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        return tls.server_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
+
+    def _client_tls(self, host: str) -> tuple[ssl.SSLContext, str]:
+        s = self.settings
+        return tls.client_context(s.tls_cert, s.tls_key, s.tls_ca), host
 
     def start(self, block: bool = True):
         s = self.settings
@@ -362,7 +338,8 @@ class DicomNode:
         cached = getattr(event.assoc, "_sonoloop_permissions", None)
         if cached is None:
             calling_ae, address = _peer(event)
-            cached = self.archive.permissions(calling_ae, address)
+            names = tls.certificate_names(getattr(event.assoc.dul.socket, "socket", None))
+            cached = self.archive.permissions(calling_ae, address, names)
             event.assoc._sonoloop_permissions = cached
         return cached
 
@@ -497,6 +474,9 @@ class DicomNode:
             log.warning("C-MOVE to %s needs more than 128 presentation contexts", destination_ae)
             yield None, None
             return
-        yield destination.host, destination.port, {"ae_title": destination.ae_title, "contexts": move_contexts(located)}
+        how = {"ae_title": destination.ae_title, "contexts": move_contexts(located)}
+        if destination.tls:
+            how["tls_args"] = self._client_tls(destination.host)
+        yield destination.host, destination.port, how
         yield len(located)
         yield from self._datasets(event, located)

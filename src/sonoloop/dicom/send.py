@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,12 @@ class Peer:
     port: int
 
 
-def send_file(path: Path, peer: Peer, calling_ae: str, timeout: float = 30) -> None:
+def send_file(path: Path, peer: Peer, calling_ae: str, timeout: float = 30,
+              tls_context: ssl.SSLContext | None = None) -> None:
     """C-STORE one DICOM file in its own transfer syntax (or Explicit VR Little Endian when the
-    peer accepts only that for an uncompressed file); raises SendError unless it succeeded."""
+    peer accepts only that for an uncompressed file); raises SendError unless it succeeded.
+    With ``tls_context`` (``dicom.tls.client_context``) the association runs over TLS and the
+    peer's certificate must be valid for its host."""
     dataset = dcmread(path)
     syntax = dataset.file_meta.TransferSyntaxUID
     ae = AE(ae_title=calling_ae)
@@ -36,7 +40,8 @@ def send_file(path: Path, peer: Peer, calling_ae: str, timeout: float = 30) -> N
         socket.create_connection((peer.host, peer.port), timeout=timeout).close()
     except OSError as exc:
         raise SendError(f"cannot connect to {peer.ae_title} at {peer.host}:{peer.port}: {exc}") from None
-    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+                               tls_args=(tls_context, peer.host) if tls_context else None)
     if not association.is_established:
         if association.is_rejected:
             reason = "rejected the association (is Sonoloop's AE title known there?)"
@@ -45,6 +50,8 @@ def send_file(path: Path, peer: Peer, calling_ae: str, timeout: float = 30) -> N
                       f"{dataset.SOPClassUID.name})")
         else:
             reason = "did not answer the association request"
+        if tls_context:
+            reason += " (over TLS: is its certificate valid for that host and signed by the CA Sonoloop trusts?)"
         raise SendError(f"{peer.ae_title} at {peer.host}:{peer.port} {reason}")
     try:
         if not association.accepted_contexts:

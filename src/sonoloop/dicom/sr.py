@@ -57,7 +57,8 @@ UNRELIABLE = {
 
 def build_measurement_report(source: Dataset, seg: Dataset, measurements: dict, *, algorithm: tuple[str, str],
                              series_number: int = 950, manufacturer: str = "Sonoloop",
-                             device_uid: str | None = None) -> hd.sr.Comprehensive3DSR:
+                             device_uid: str | None = None, series_uid: str | None = None,
+                             sop_instance_uid: str | None = None) -> hd.sr.Comprehensive3DSR:
     """The report for one analysed loop.
 
     A reliable EF is written as the median of the beats with their minimum and maximum, the
@@ -148,8 +149,8 @@ def build_measurement_report(source: Dataset, seg: Dataset, measurements: dict, 
         # patient names are copied as the modality wrote them; highdicom's style advice is not ours to act on
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[source, seg], content=report[0], series_instance_uid=generate_uid(),
-            series_number=series_number, sop_instance_uid=generate_uid(), instance_number=1,
+            evidence=[source, seg], content=report[0], series_instance_uid=series_uid or generate_uid(),
+            series_number=series_number, sop_instance_uid=sop_instance_uid or generate_uid(), instance_number=1,
             manufacturer=manufacturer, is_complete=True,
         )
     _drop_segment_numbers_beside_frames(sr)

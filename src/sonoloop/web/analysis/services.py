@@ -305,7 +305,8 @@ def _analyse(job: AnalysisJob) -> None:
     outputs = DicomOutputs(model.name, model.version,
                            Device("Sonoloop", "Sonoloop", settings.CONFIG.ae_title, __version__),
                            seg_series_number=900 + version, sr_series_number=950 + version,
-                           description=f"AI segmentation v{version} ({model.name})", device_uid=_device_uid())
+                           description=f"AI segmentation v{version} ({model.name})", device_uid=_device_uid(),
+                           uid_seed=f"{_device_uid()} analysis job {job.pk}")
     try:
         analysis = analyse_loop(frames, header, bits, model.segmenter, outputs=outputs, on_progress=progress)
     except FrameError as exc:
@@ -351,9 +352,9 @@ def _analyse(job: AnalysisJob) -> None:
 
 def _device_uid() -> str:
     """A stable UID for this Sonoloop installation as the observing device of its reports."""
-    from pydicom.uid import generate_uid
+    from sonoloop.web.archive.services import own_uid
 
-    return generate_uid(entropy_srcs=[settings.CONFIG.ae_title, str(settings.CONFIG.data_dir)])
+    return own_uid()
 
 
 def biplane_update(result: AnalysisResult) -> StudyMeasurement | None:
@@ -418,6 +419,7 @@ def _enqueue_forward(forward: ResultForward, run_after=None) -> None:
 def forward_run(forward_id: int) -> str:
     """Send one result object; on failure try again later, FORWARD_ATTEMPTS times in all."""
     from sonoloop.dicom.send import Peer, SendError, send_file
+    from sonoloop.dicom.tls import client_context
     from sonoloop.web.archive.services import instance_path
 
     forward = ResultForward.objects.select_related("peer").filter(pk=forward_id).first()
@@ -429,7 +431,10 @@ def forward_run(forward_id: int) -> str:
         instance = Instance.objects.filter(sop_instance_uid=forward.sop_instance_uid).first()
         if instance is None:
             raise SendError(f"{forward.what} {forward.sop_instance_uid} is no longer in the archive")
-        send_file(instance_path(instance), Peer(peer.ae_title, peer.host, peer.port), settings.CONFIG.ae_title)
+        config = settings.CONFIG
+        tls_context = client_context(config.tls_cert, config.tls_key, config.tls_ca) if peer.use_tls else None
+        send_file(instance_path(instance), Peer(peer.ae_title, peer.host, peer.port), config.ae_title,
+                  tls_context=tls_context)
     except SendError as exc:
         forward.last_error = str(exc)
         if forward.attempts >= FORWARD_ATTEMPTS:

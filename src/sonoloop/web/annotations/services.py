@@ -184,7 +184,7 @@ def annotation_export_seg(annotation: Annotation, user) -> str:
 
     from sonoloop import __version__
     from sonoloop.dicom.seg import Device, build_segmentation
-    from sonoloop.web.archive.services import Sender, instance_path, instance_store
+    from sonoloop.web.archive.services import Sender, instance_path, instance_store, own_uid
 
     if not has_role(user, "reviewer"):
         raise NotAllowed("exporting an annotation as DICOM SEG needs the reviewer role")
@@ -198,6 +198,9 @@ def annotation_export_seg(annotation: Annotation, user) -> str:
     seg = build_segmentation(
         header, masks, classes, None, frame_numbers=frames, creator=annotation.author.get_username(),
         series_number=800 + annotation.version,
+        # the same UIDs on a repeated export (a crash before the row below commits, two clicks)
+        series_uid=own_uid("annotation", annotation.pk, "seg series"),
+        sop_instance_uid=own_uid("annotation", annotation.pk, "seg"),
         device=Device("Sonoloop", "Sonoloop", settings.CONFIG.ae_title, __version__),
         description=f"Expert segmentation v{annotation.version} ({annotation.author.get_username()})")
     out = io.BytesIO()

@@ -22,8 +22,9 @@ class DjangoArchive:
     def __init__(self):
         self._association = threading.local()
 
-    def permissions(self, calling_ae: str, address: str) -> Permissions:
-        return services.peer_permissions(calling_ae, address)
+    def permissions(self, calling_ae: str, address: str,
+                    certificate_names: frozenset[str] | None = None) -> Permissions:
+        return services.peer_permissions(calling_ae, address, certificate_names)
 
     def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None,
               may_correct: bool = False) -> int:

@@ -22,7 +22,7 @@ from sonoloop.web.accounts.roles import has_role
 from sonoloop.web.audit.services import actor_of
 from sonoloop.web.bodies import BodyTooLarge, large_body_limit, read_body
 
-from . import services, trail
+from . import previews, services, trail
 from .models import Instance
 
 log = logging.getLogger("sonoloop.dicomweb")
@@ -258,7 +258,7 @@ def wado_uri(request):
         except ValueError:
             return _error(400, "frameNumber must be a whole number")
         try:
-            return HttpResponse(services.instance_preview_png(item, frame, 4096), content_type="image/png")
+            return HttpResponse(services.instance_preview_png(item, frame, previews.FULL_SIZE), content_type="image/png")
         except (NoPixelData, IndexError) as exc:
             return _error(400, str(exc))
     return _error(406, f"contentType {content_type!r} is not offered; use application/dicom or image/png")

@@ -112,6 +112,13 @@ class DicomPeer(models.Model):
     receives_results = models.BooleanField(
         default=False, help_text="Receives every segmentation and measurement report Sonoloop makes (C-STORE)."
     )
+    use_tls = models.BooleanField(
+        default=False, help_text="Sonoloop connects to it over TLS (results, C-MOVE), verifying its certificate "
+                                 "against SONOLOOP_DICOM_TLS_CA.")
+    tls_identity = models.CharField(
+        max_length=255, blank=True,
+        help_text="With client certificates required (SONOLOOP_DICOM_TLS_CA), the name its certificate must carry "
+                  "(subject CN or subjectAltName); blank: its AE title or its host.")
     description = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

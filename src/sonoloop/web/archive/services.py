@@ -23,11 +23,10 @@ from sonoloop.config import check_ae_title, ConfigError
 from sonoloop.dicom.filestore import FileStore, StorageFull, new_key  # noqa: F401 - re-exported for views
 from sonoloop.dicom import status
 from sonoloop.dicom.instance import InstanceRecord, InvalidInstance, read_instance, sop_class_name
-from sonoloop.dicom.pixels import render_png
 from sonoloop.dicom.node import Destination, Permissions
 from sonoloop.dicom.query import LEVELS, Match, Query
 
-from . import lookups  # noqa: F401 - registers the wildcard lookups
+from . import lookups, previews  # noqa: F401 - lookups registers the wildcard lookups
 from .models import DicomPeer, Instance, Patient, Series, Study
 from .signals import instance_indexed, instance_replacing
 
@@ -324,6 +323,7 @@ def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str
         _discard(written, key)
     elif old_key and old_key != key:
         filestore().delete(old_key)
+        previews.forget(old_key)
     return StoreResult(instance, created=outcome == "created", replaced=outcome == "replace",
                        kept_existing=outcome in ("same", "keep"))
 
@@ -571,7 +571,7 @@ class PeerError(ValueError):
 
 def peer_add(ae_title: str, host: str, port: int, *, may_store: bool, may_query: bool,
              is_move_destination: bool, receives_results: bool = False, may_correct: bool = False,
-             description: str = "") -> DicomPeer:
+             description: str = "", use_tls: bool = False, tls_identity: str = "") -> DicomPeer:
     try:
         ae_title = check_ae_title(ae_title, "The peer's AE title")
     except ConfigError as exc:
@@ -591,6 +591,8 @@ def peer_add(ae_title: str, host: str, port: int, *, may_store: bool, may_query:
             "receives_results": receives_results,
             "may_correct": may_correct,
             "description": description,
+            "use_tls": use_tls,
+            "tls_identity": tls_identity.strip(),
         },
     )
     return peer
@@ -602,13 +604,19 @@ def peer_remove(ae_title: str) -> None:
         raise PeerError(f"there is no peer with AE title {ae_title!r}")
 
 
-def peer_permissions(calling_ae: str, address: str) -> Permissions:
+def peer_permissions(calling_ae: str, address: str, certificate_names: frozenset[str] | None = None
+                     ) -> Permissions:
     """Who may do what over DICOM (the README's "Who may talk to the node").
 
     An AE title is a name anyone can claim, so what exposes or changes stored data also
     needs the peer's registered host: query and retrieve, and corrections. An unknown AE may
     C-ECHO, and C-STORE only on an open node (``SONOLOOP_DICOM_OPEN_STORE``). In strict mode
     (``SONOLOOP_DICOM_STRICT``) an unknown AE may do nothing, and a known one only from its host.
+
+    ``certificate_names``: the names in the client certificate verified on this connection
+    (client certificates required: ``SONOLOOP_DICOM_TLS_CA``). Any certificate from that CA
+    would otherwise do for any AE title: a known peer's certificate must carry its
+    ``tls_identity``, or else its AE title or host; one that does not gets nothing.
     """
     peer = DicomPeer.objects.filter(ae_title=calling_ae.strip()).first()
     config = settings.CONFIG
@@ -616,6 +624,13 @@ def peer_permissions(calling_ae: str, address: str) -> Permissions:
         if config.strict_peers:
             return Permissions(echo=False, store=False, query=False)
         return Permissions(echo=True, store=config.open_store, query=False)
+    if certificate_names is not None:
+        expected = {peer.tls_identity} if peer.tls_identity else {peer.ae_title, peer.host}
+        if not expected & set(certificate_names):
+            log.warning("association from %s at %s: its certificate (%s) is not the one of peer %s (%s)",
+                        calling_ae, address, ", ".join(sorted(certificate_names)) or "no names",
+                        peer.ae_title, " or ".join(sorted(expected)))
+            return Permissions(echo=False, store=False, query=False)
     at_home = _host_matches(peer.host, address)
     if config.strict_peers and not at_home:
         return Permissions(echo=False, store=False, query=False)
@@ -636,7 +651,7 @@ def _host_matches(host: str, address: str) -> bool:
 
 def move_destination(ae_title: str) -> Destination | None:
     peer = DicomPeer.objects.filter(ae_title=ae_title, is_move_destination=True).first()
-    return Destination(peer.ae_title, peer.host, peer.port) if peer else None
+    return Destination(peer.ae_title, peer.host, peer.port, tls=peer.use_tls) if peer else None
 
 
 # -- presenting ----------------------------------------------------------------------------------
@@ -671,18 +686,17 @@ def instance_attributes(instance: Instance) -> list[tuple[str, str]]:
     return rows
 
 
+def own_uid(*parts: object) -> str:
+    """A UID for something this installation makes, the same every time for the same ``parts``
+    (e.g. the SEG of one analysis job): a repeated write replaces instead of adding a copy."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[settings.CONFIG.ae_title, str(settings.CONFIG.data_dir), *map(str, parts)])
+
+
 def instance_preview_png(instance: Instance, frame: int, size: int) -> bytes:
-    """PNG of one frame (1-based), cached under the file's key (a replaced file gets a new key)."""
-    cache = settings.CONFIG.cache_dir / "previews" / instance.file_key[:2]
-    target = cache / f"{instance.file_key}-{frame}-{size}.png"
-    if target.exists():
-        return target.read_bytes()
-    png = render_png(instance_path(instance), frame - 1, size)
-    cache.mkdir(parents=True, exist_ok=True)
-    temp = target.with_suffix(f".{os.getpid()}.tmp")
-    temp.write_bytes(png)
-    os.replace(temp, target)
-    return png
+    """PNG of one frame (1-based), from the preview cache (``archive.previews``)."""
+    return previews.preview_png(instance, instance_path(instance), frame, size)
 
 
 def study_summary(study: Study) -> dict:

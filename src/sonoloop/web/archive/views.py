@@ -23,7 +23,6 @@ from . import services, trail
 from .panels import instance_api_sections, instance_panels, study_panels
 from .models import Instance, Patient, Series, Study
 
-PREVIEW_SIZES = (128, 160, 256, 512, 768, 1024, 2048)
 log = logging.getLogger("sonoloop.web")
 
 PAGE_SIZE = 25
@@ -132,7 +131,6 @@ def instance_preview(request, sop_uid: str):
         size = int(request.GET.get("size", 512))
     except ValueError:
         return HttpResponse("frame and size must be whole numbers", status=400, content_type="text/plain")
-    size = next((s for s in PREVIEW_SIZES if s >= size), PREVIEW_SIZES[-1])  # a few sizes, a bounded cache
     trail.record_read(actor_of(request), instance.series.study, "image preview")
     try:
         png = services.instance_preview_png(instance, frame, size)

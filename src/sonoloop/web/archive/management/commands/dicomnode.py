@@ -8,6 +8,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from sonoloop.dicom import tuning
 from sonoloop.dicom.node import DicomNode, NodeSettings, receive_into_files
 from sonoloop.web.archive.dicom_archive import DjangoArchive
 from sonoloop.web.archive.services import filestore
@@ -23,6 +24,10 @@ class Command(BaseCommand):
         removed = filestore().clean_partials()
         if removed:
             log.info("removed %d partial files left by an earlier crash", removed)
+        try:  # this process only: the web and task workers run pynetdicom as it ships
+            tuning.node_process()
+        except tuning.TuningError as exc:
+            log.error("%s; the node runs with pynetdicom's own 1 ms poll", exc)
         receive_into_files(config.tmp_dir / f"received-{socket.gethostname()}")
         node = DicomNode(
             DjangoArchive(),

@@ -23,6 +23,12 @@ class Command(BaseCommand):
         add.add_argument("--move-destination", action="store_true", help="C-MOVE may send images to it")
         add.add_argument("--results", action="store_true",
                          help="send it every segmentation (SEG) and measurement report (SR) Sonoloop makes")
+        add.add_argument("--tls", action="store_true",
+                         help="connect to it over TLS (results, C-MOVE), verifying its certificate against "
+                              "SONOLOOP_DICOM_TLS_CA")
+        add.add_argument("--tls-identity", default="",
+                         help="with client certificates required, the name its certificate must carry "
+                              "(CN or subjectAltName; default: its AE title or host)")
         add.add_argument("--description", default="")
         sub.add_parser("list", help="list peers")
         remove = sub.add_parser("remove", help="remove a peer")
@@ -36,6 +42,7 @@ class Command(BaseCommand):
                     may_store=options["store"], may_query=options["query"],
                     is_move_destination=options["move_destination"], receives_results=options["results"],
                     may_correct=options["corrections"], description=options["description"],
+                    use_tls=options["tls"], tls_identity=options["tls_identity"],
                 )
                 self.stdout.write(f"saved peer {peer}")
             elif action == "remove":
@@ -52,8 +59,8 @@ class Command(BaseCommand):
             self.stdout.write("no peers configured (unknown AEs may C-ECHO; C-STORE only with SONOLOOP_DICOM_OPEN_STORE on; "
                               "nothing with SONOLOOP_DICOM_STRICT on)")
             return
-        self.stdout.write(f"{'AE title':16}  {'host':24} {'port':>5}  store query move-dest results corrections")
+        self.stdout.write(f"{'AE title':16}  {'host':24} {'port':>5}  store query move-dest results corrections tls")
         for p in peers:
             flags = "  ".join("yes  " if f else "no   " for f in (p.may_store, p.may_query, p.is_move_destination,
-                                                                   p.receives_results, p.may_correct))
+                                                                   p.receives_results, p.may_correct, p.use_tls))
             self.stdout.write(f"{p.ae_title:16}  {p.host:24} {p.port:>5}  {flags}")
