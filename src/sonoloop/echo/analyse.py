@@ -232,12 +232,9 @@ def _frame_time(header) -> float | None:
 def measure(labels: np.ndarray, classes: list[str], header, problems: list[list[str]] | None = None,
             cut_off: list[float] | None = None) -> dict:
     """``measure_loop`` with what the header says: calibration, R waves, frame times, view."""
-    lv = labels == classes.index("LV") if "LV" in classes else None
-    near = None
-    if lv is not None and lv.any():
-        _, rows, cols = np.nonzero(lv)
-        near = (float(rows.mean()), float(cols.mean()))
-    calibration = Calibration.from_regions(header.get("SequenceOfUltrasoundRegions"), near)
+    # the region the model read the loop from (analyse_loop's crop) is the one measured in
+    calibration = Calibration.from_regions(header.get("SequenceOfUltrasoundRegions"),
+                                           labels.shape[1], labels.shape[2])
     r_waves = None
     times = frame_times(header)
     if header.get("RWaveTimeVector") and times:

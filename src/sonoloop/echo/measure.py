@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from sonoloop.dicom.regions import imaging_region
+
 DISKS = 20
 SHORTEST_CYCLE_MS = 333.0  # 180 beats per minute
 EF_PLAUSIBLE = (5.0, 90.0)  # %
@@ -67,33 +69,14 @@ class Calibration:
         return {"length": "px", "area": "px2", "volume": "px3"}
 
     @classmethod
-    def from_regions(cls, regions, near: tuple[float, float] | None = None) -> Calibration:
-        """From a DICOM Sequence of Ultrasound Regions: the 2D tissue region (spatial format 1)
-        with centimetre units on both axes (units code 3), the one containing ``near`` (row, col)
-        when several are present. No such region → uncalibrated."""
-        candidates = []
-        for region in regions or []:
-            try:
-                if int(region.get("RegionSpatialFormat", 0) or 0) != 1:
-                    continue
-                if int(region.get("PhysicalUnitsXDirection", 0) or 0) != 3:
-                    continue
-                if int(region.get("PhysicalUnitsYDirection", 0) or 0) != 3:
-                    continue
-                dx, dy = abs(float(region.PhysicalDeltaX)), abs(float(region.PhysicalDeltaY))
-                box = (int(region.RegionLocationMinY0), int(region.RegionLocationMinX0),
-                       int(region.RegionLocationMaxY1), int(region.RegionLocationMaxX1))
-            except (AttributeError, TypeError, ValueError):
-                continue
-            if dx > 0 and dy > 0:
-                candidates.append((box, dx, dy))
-        if near is not None:
-            inside = [c for c in candidates if c[0][0] <= near[0] <= c[0][2] and c[0][1] <= near[1] <= c[0][3]]
-            candidates = inside or candidates
-        if not candidates:
+    def from_regions(cls, regions, height: int | None = None, width: int | None = None) -> Calibration:
+        """From a DICOM Sequence of Ultrasound Regions: the calibration of the imaging region
+        (``dicom.regions.imaging_region``, the one the model's crop comes from) when it is in
+        centimetres on both axes; otherwise uncalibrated."""
+        region = imaging_region(regions, height, width)
+        if region is None or not region.in_centimetres:
             return cls()
-        _, dx, dy = candidates[0]
-        return cls(dx, dy, "cm")
+        return cls(region.dx, region.dy, "cm")
 
 
 @dataclass

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+from sonoloop.dicom.regions import imaging_region
+
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -86,21 +88,10 @@ def loop_box(frames, bits_stored: int | None = None, samples: int = 16) -> Box:
 
 
 def region_box(regions, height: int, width: int) -> Box | None:
-    """The largest 2D region of a DICOM Sequence of Ultrasound Regions, clipped to the frame."""
-    best = None
-    for region in regions or []:
-        if int(region.get("RegionSpatialFormat", 0) or 0) != 1:  # 1 = 2D tissue or flow
-            continue
-        try:
-            box = Box(
-                max(0, int(region.RegionLocationMinY0)), max(0, int(region.RegionLocationMinX0)),
-                min(height, int(region.RegionLocationMaxY1) + 1), min(width, int(region.RegionLocationMaxX1) + 1),
-            )
-        except (AttributeError, TypeError, ValueError):
-            continue
-        if box.height > 8 and box.width > 8 and (best is None or box.height * box.width > best.height * best.width):
-            best = box
-    return best
+    """The imaging region of a DICOM Sequence of Ultrasound Regions (``dicom.regions``: the
+    largest 2D one), clipped to the frame."""
+    region = imaging_region(regions, height, width)
+    return Box(*region.clipped(height, width)) if region else None
 
 
 def geometry_for(height: int, width: int, box: Box, size: int) -> Geometry:
