@@ -37,6 +37,7 @@ from sonoloop.dicom.samples import ECHO_CINE_JPEG, sample_path
 from sonoloop.ml.modelfolder import resolve_model
 from sonoloop.ml.engines import ENGINES, build_engine, resolve
 from sonoloop.ml.modelfolder import load_model
+from sonoloop.ml.metrics import dice, mean
 from sonoloop.ml.preprocess import prepare, region_box
 
 
@@ -99,12 +100,9 @@ def gemm_peaks(n: int = 2048, repeats: int = 5) -> dict[str, float]:
 
 
 def label_dice(a: np.ndarray, b: np.ndarray, classes: int) -> list[float]:
-    scores = []
-    for c in range(1, classes):
-        p, q = a == c, b == c
-        denominator = p.sum() + q.sum()
-        scores.append(1.0 if denominator == 0 else float(2.0 * np.logical_and(p, q).sum() / denominator))
-    return scores
+    """Per class, how far two engines' label maps agree (a class neither has agrees fully)."""
+    scores = [dice(a == c, b == c) for c in range(1, classes)]
+    return [1.0 if s is None else s for s in scores]
 
 
 def run_chunked(engine, batch: np.ndarray, chunk: int) -> torch.Tensor:
@@ -127,15 +125,8 @@ def camus_inputs(camus: Path, size: int):
 def camus_dice(labels: np.ndarray, truths: np.ndarray) -> dict[str, float]:
     """CAMUS structures (LV endo = 1, LV epi = 1∪2, LA = 3), mean over frames, network space."""
     structures = {"LV endo": (1,), "LV epi": (1, 2), "LA": (3,)}
-    out = {}
-    for name, members in structures.items():
-        scores = []
-        for p, t in zip(labels, truths):
-            pm, tm = np.isin(p, members), np.isin(t, members)
-            denominator = pm.sum() + tm.sum()
-            scores.append(1.0 if denominator == 0 else 2.0 * np.logical_and(pm, tm).sum() / denominator)
-        out[name] = float(np.mean(scores))
-    return out
+    return {name: mean(dice(np.isin(p, members), np.isin(t, members)) for p, t in zip(labels, truths))
+            for name, members in structures.items()}
 
 
 def main(argv=None) -> int:

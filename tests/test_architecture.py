@@ -44,3 +44,12 @@ def test_the_access_trail_sits_below_the_apps_that_write_to_it():
     offenders = [f"{path.name} imports {name}" for path in root.rglob("*.py") for name in _imports(path)
                  if name.startswith("sonoloop.web") and not name.startswith(allowed)]
     assert list(root.rglob("*.py")) and offenders == []
+
+
+def test_only_the_dicomnode_command_imports_the_dicom_node():
+    """The web layer talks to the node through dicom/archive.py's values; only the command
+    that runs the node (and applies its pynetdicom tuning) imports it."""
+    root = Path(sonoloop.__file__).parent
+    importers = sorted(str(path.relative_to(root)) for path in (root / "web").rglob("*.py")
+                       if any(name == "sonoloop.dicom.node" for name in _imports(path)))
+    assert importers == ["web/archive/management/commands/dicomnode.py"]

@@ -122,7 +122,8 @@ def test_evaluate_reports_camus_structures_by_phase(camus_dir, tmp_path):
 
 def test_frames_resampled_to_a_low_resolution_keep_their_labels_aligned(camus_dir):
     from sonoloop.ml.data import camus_frames
-    from sonoloop.ml.evaluate import at_resolution, dice
+    from sonoloop.ml.evaluate import at_resolution
+    from sonoloop.ml.metrics import dice
 
     image, truth = camus_frames(camus_dir)[0].load()
     small, small_truth = at_resolution(image, truth, 112)
@@ -145,13 +146,16 @@ def test_the_ef_of_an_ed_es_pair_comes_from_the_area_length_volumes():
 
 
 def test_dice_and_hd95_on_known_masks():
-    from sonoloop.ml.evaluate import dice, hd95
+    from sonoloop.ml.evaluate import hd95
+    from sonoloop.ml.metrics import dice
 
     a = np.zeros((50, 50), bool)
     a[10:20, 10:20] = True
     b = np.zeros((50, 50), bool)
     b[10:20, 15:25] = True
     assert dice(a, a) == 1.0 and dice(a, b) == pytest.approx(0.5)
+    empty = np.zeros_like(a)
+    assert dice(empty, empty) is None and dice(a, empty) == 0.0  # nothing to score is not a perfect score
     assert hd95(a, a) == 0.0 and 4.0 <= hd95(a, b) <= 5.0
     assert np.isnan(hd95(a, np.zeros_like(a)))
 

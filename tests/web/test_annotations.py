@@ -55,6 +55,27 @@ def echo(config, samples):
     return instance, labels
 
 
+def test_a_model_with_its_classes_in_another_order_is_compared_and_shown_by_name(echo):
+    """The result's label values index its model's classes (model.json), here in another order:
+    the editor gets them in the document's class map and agreement compares like with like."""
+    from sonoloop.ml.metrics import remap
+
+    instance, labels = echo
+    reordered = ["background", "LA", "MYO", "LV"]
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=remap(labels, ["background", "LV", "MYO", "LA"], reordered))
+    AnalysisResult.objects.filter(instance=instance).update(classes=reordered,
+                                                           labels_key=results_store().put(buffer.getvalue()))
+    annotator = client_for("anna", "annotator")
+    shown = annotator.get(f"/api/instances/{instance.sop_instance_uid}/results/1/masks").json()
+    assert shown["classes"] == {"1": "LV", "2": "MYO", "3": "LA"}
+    assert np.array_equal(rle_decode(shown["masks"]["7"]["counts"], ROWS, COLUMNS, {1, 2, 3}), labels[6])
+    # an expert who keeps the AI's frame as it is agrees with it completely
+    saved = post(annotator, instance, upload({7: labels[6]})).json()
+    assert saved["agreement"]["dice"] == {"LV": 1.0, "MYO": 1.0, "LA": 1.0}
+    assert saved["agreement"]["pixels_changed"] == 0
+
+
 def client_for(username, role):
     client = Client()
     client.force_login(user_with_role(username, role))

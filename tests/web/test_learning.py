@@ -60,6 +60,15 @@ def registry(config, camus_dir, tiny_models):
     return parent
 
 
+def evaluated(*versions):
+    """What the evaluation task queued at registration does on a worker."""
+    from sonoloop.web.learning.tasks import evaluate_task
+
+    for version in versions:
+        evaluate_task.call(version.pk)
+        version.refresh_from_db()
+
+
 @pytest.fixture
 def approved(config, samples):
     """One cine with an approved annotation (frames 5 and 9) and a draft one (frame 12)."""
@@ -99,10 +108,31 @@ def test_retraining_uses_only_approved_annotations_and_records_exactly_the_data(
     assert ModelVersion.objects.get(is_active=True) == registry  # a new version is only a candidate
 
 
+def test_registering_queues_the_evaluation_and_promotion_waits_for_it(registry, tiny_models,
+                                                                       django_capture_on_commit_callbacks):
+    from django_tasks_db.models import DBTaskResult
+
+    ada = admin()
+    with django_capture_on_commit_callbacks(execute=True):
+        better = services.version_register(tiny_models["better"], origin=ModelVersion.IMPORTED)
+    (queued,) = DBTaskResult.objects.filter(task_path__endswith="evaluate_task", args_kwargs__args=[better.pk])
+    assert queued.queue_name == "default" and queued.status == "READY"
+    # the model never runs inside a request: an unevaluated version is refused, not evaluated
+    with pytest.raises(services.Conflict, match="tiny-b has not been evaluated on the held-out set yet"):
+        services.model_promote(better, ada)
+    assert ModelVersion.objects.get(pk=better.pk).heldout_dice == {}
+    evaluated(better)
+    with pytest.raises(services.Conflict, match="tiny-a has not been evaluated"):  # the active one neither
+        services.model_promote(better, ada)
+    evaluated(registry)
+    assert services.model_promote(better, ada).action == ModelDecision.PROMOTED
+
+
 def test_the_gate_promotes_an_improving_candidate_and_refuses_a_regressing_one(registry, tiny_models):
     ada = admin()
     better = services.version_register(tiny_models["better"], origin=ModelVersion.IMPORTED)
     worse = services.version_register(tiny_models["worse"], origin=ModelVersion.IMPORTED)
+    evaluated(registry, better, worse)
 
     promoted = services.model_promote(better, ada)
     assert promoted.action == ModelDecision.PROMOTED, promoted.numbers
@@ -125,6 +155,7 @@ def test_the_gate_promotes_an_improving_candidate_and_refuses_a_regressing_one(r
 def test_rollback_puts_the_earlier_version_back_for_new_inference_jobs(registry, tiny_models, config, samples):
     ada = admin()
     better = services.version_register(tiny_models["better"], origin=ModelVersion.IMPORTED)
+    evaluated(registry, better)
     services.model_promote(better, ada)
     assert analysis.active_model_folder() == Path(better.folder)
     decision = services.model_rollback(registry, ada)
@@ -141,6 +172,7 @@ def test_rollback_puts_the_earlier_version_back_for_new_inference_jobs(registry,
 
 def test_only_admins_promote_roll_back_and_retrain(registry, tiny_models, approved):
     better = services.version_register(tiny_models["better"], origin=ModelVersion.IMPORTED)
+    evaluated(registry)
     reviewer, boss = Client(), Client()
     reviewer.force_login(user_with_role("rob", "reviewer"))
     boss.force_login(admin())
@@ -150,6 +182,9 @@ def test_only_admins_promote_roll_back_and_retrain(registry, tiny_models, approv
         response = reviewer.post(url, json.dumps(payload), content_type="application/json")
         assert response.status_code == 403, url
     assert reviewer.get("/api/models").status_code == 200
+    response = boss.post(f"/api/models/{better.name}/promote", "{}", content_type="application/json")
+    assert response.status_code == 409 and "not been evaluated" in response.json()["error"]
+    evaluated(better)
     response = boss.post(f"/api/models/{better.name}/promote", "{}", content_type="application/json")
     assert response.status_code == 200 and response.json()["action"] == "promoted"
     response = boss.post(f"/api/models/{better.name}/promote", "{}", content_type="application/json")
@@ -224,6 +259,7 @@ def test_a_run_whose_worker_died_is_failed_and_the_active_model_kept(registry, s
 
 def test_the_models_pages_show_versions_curves_and_let_only_admins_act(registry, tiny_models, approved):
     better = services.version_register(tiny_models["better"], origin=ModelVersion.IMPORTED, parent=registry)
+    evaluated(registry, better)
     viewer, boss = Client(), Client()
     viewer.force_login(user_with_role("vic", "viewer"))
     boss.force_login(admin())

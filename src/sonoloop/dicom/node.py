@@ -11,10 +11,9 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -31,6 +30,7 @@ from pynetdicom.sop_class import (
 )
 
 from . import status, tls
+from .archive import Archive, Located, Permissions
 from .tuning import DUL_POLL_SECONDS
 from .filestore import StorageFull
 from .instance import InvalidInstance
@@ -79,51 +79,6 @@ MOVE_MODELS = {
 }
 
 
-
-
-@dataclass(frozen=True)
-class Permissions:
-    echo: bool
-    store: bool
-    query: bool  # C-FIND, C-GET and C-MOVE
-    correct: bool = False  # may replace instances and details another sender stored
-
-
-@dataclass(frozen=True)
-class Located:
-    """A stored instance to send: its file and what a presentation context needs."""
-
-    path: Path
-    sop_class_uid: str
-    transfer_syntax_uid: str
-
-
-@dataclass(frozen=True)
-class Destination:
-    ae_title: str
-    host: str
-    port: int
-    tls: bool = False  # C-MOVE sub-associations to it run over TLS
-
-
-class Archive(Protocol):
-    """What the node needs from the archive; the web app implements it."""
-
-    def permissions(self, calling_ae: str, address: str,
-                    certificate_names: frozenset[str] | None = None) -> Permissions: ...
-
-    def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None,
-              may_correct: bool = False) -> int:
-        """Persist and index one instance; ``expected`` is the request's (SOP Class, SOP Instance) UIDs;
-        ``may_correct``: the peer is trusted for corrections."""
-
-    def find(self, query: Query, *, calling_ae: str, address: str) -> Iterable[dict]: ...
-
-    def locate(self, query: Query, *, calling_ae: str, address: str, how: str) -> list[Located]: ...
-
-    def move_destination(self, ae_title: str) -> Destination | None: ...
-
-    def association_ended(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,11 @@ from PIL import Image, ImageDraw
 
 from .data import LabelledFrame
 from .infer import Segmenter
+from .metrics import dice, mean, remap
+from .spec import CLASSES
 
 STRUCTURES = {"LV endo": (1,), "LV epi": (1, 2), "LA": (3,), "MYO": (2,)}
 COLOURS = {1: (255, 64, 64), 2: (64, 200, 64), 3: (64, 128, 255)}
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    denominator = prediction.sum() + truth.sum()
-    return 1.0 if denominator == 0 else float(2.0 * np.logical_and(prediction, truth).sum() / denominator)
 
 
 def hd95(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -54,13 +51,15 @@ def frame_scores(prediction: np.ndarray, truth: np.ndarray) -> dict:
     scores = {}
     for name, labels in STRUCTURES.items():
         p, t = np.isin(prediction, labels), np.isin(truth, labels)
-        scores[name] = {"dice": round(dice(p, t), 4), "hd95": round(hd95(p, without_specks(t)), 2)}
+        score = dice(p, t)
+        scores[name] = {"dice": None if score is None else round(score, 4),
+                        "hd95": round(hd95(p, without_specks(t)), 2)}
     return scores
 
 
-def _mean(values: list[float]) -> float | None:
-    finite = [v for v in values if not math.isnan(v)]
-    return round(float(np.mean(finite)), 4) if finite else None
+def _mean(values: list[float | None]) -> float | None:
+    value = mean(values)
+    return None if value is None else round(value, 4)
 
 
 def summarise(per_frame: list[dict]) -> dict:
@@ -100,9 +99,11 @@ def _prepared(frame, mirror: bool, resolution: int | None) -> tuple[np.ndarray, 
     return image, truth
 
 
-def _predict(segmenter: Segmenter, frame, image: np.ndarray) -> np.ndarray:
-    """As inference sees the frame: a frame from a DICOM image brings its ultrasound region and bit depth."""
-    return segmenter.predict(image[None], getattr(frame, "box", None), getattr(frame, "bits_stored", None))[0]
+def predict_frame(segmenter: Segmenter, frame, image: np.ndarray) -> np.ndarray:
+    """As inference sees the frame (a frame from a DICOM image brings its ultrasound region and
+    bit depth), in the references' class map (``spec.CLASSES``) whatever the model's order."""
+    labels = segmenter.predict(image[None], getattr(frame, "box", None), getattr(frame, "bits_stored", None))[0]
+    return remap(labels, segmenter.classes, CLASSES)
 
 
 def ejection_fraction(ed: np.ndarray, es: np.ndarray) -> float | None:
@@ -140,7 +141,7 @@ def evaluate(segmenter: Segmenter, frames: list[LabelledFrame], mirror: bool = F
     per_frame, examples, masks = [], [], {}
     for frame in frames:
         image, truth = _prepared(frame, mirror, resolution)
-        prediction = _predict(segmenter, frame, image)
+        prediction = predict_frame(segmenter, frame, image)
         per_frame.append({"frame": frame.frame_id, "patient": frame.patient, "view": frame.view,
                           "phase": frame.phase, "scores": frame_scores(prediction, truth)})
         examples.append((frame.frame_id, image, truth, prediction))
@@ -209,10 +210,10 @@ def mean_dice(segmenter: Segmenter, frames: list) -> dict[str, float]:
     """Mean Dice per structure (LV endo, LV epi, LA, MYO) over ``frames`` — what the promotion gate compares."""
     if not frames:
         return {}
-    totals = {name: 0.0 for name in STRUCTURES}
+    scores: dict[str, list] = {name: [] for name in STRUCTURES}
     for frame in frames:
         image, truth = frame.load()
-        prediction = _predict(segmenter, frame, image)
+        prediction = predict_frame(segmenter, frame, image)
         for name, labels in STRUCTURES.items():
-            totals[name] += dice(np.isin(prediction, labels), np.isin(truth, labels))
-    return {name: round(total / len(frames), 4) for name, total in totals.items()}
+            scores[name].append(dice(np.isin(prediction, labels), np.isin(truth, labels)))
+    return {name: round(value, 4) for name, value in ((n, mean(v)) for n, v in scores.items()) if value is not None}

@@ -30,7 +30,8 @@ import numpy as np
 from scipy import ndimage
 
 from .data import LabelledFrame, camus_frames, select
-from .evaluate import dice, png_grid
+from .evaluate import png_grid, predict_frame
+from .metrics import dice, mean
 from .infer import Segmenter
 from .retrain import STRATEGIES, retrain
 from .spec import TINY_ARCHITECTURE, TINY_PREPROCESSING
@@ -100,14 +101,14 @@ def multiclass(scores: dict[str, float]) -> float:
 
 def score(segmenter: Segmenter, frames: list) -> tuple[dict, list]:
     """Mean Dice per structure and multiclass over ``frames``; and per-frame (id, image, truth, prediction)."""
-    totals, examples = {"LV": 0.0, "MYO": 0.0, "LA": 0.0}, []
+    per_class, examples = {"LV": [], "MYO": [], "LA": []}, []
     for frame in frames:
         image, truth = frame.load()
-        prediction = segmenter.predict(image[None])[0]
+        prediction = predict_frame(segmenter, frame, image)
         for name, value in (("LV", LV), ("MYO", MYO), ("LA", LA)):
-            totals[name] += dice(prediction == value, truth == value)
+            per_class[name].append(dice(prediction == value, truth == value))
         examples.append((frame.frame_id, image, truth, prediction))
-    scores = {k: round(v / len(frames), 4) for k, v in totals.items()}
+    scores = {k: round(mean(v) or 0.0, 4) for k, v in per_class.items()}
     scores["multiclass"] = multiclass(scores)
     return scores, examples
 

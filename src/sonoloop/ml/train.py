@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from .data import AUGMENTATIONS, LabelledFrame, SegmentationDataset, patients, ultrasound_augmentation
 from .modelfolder import load_model, load_unique_state, save_model, unique_state
 from .network import build_network
+from .metrics import dice_by_class, mean
 from .spec import CLASSES, DEFAULT_ARCHITECTURE, DEFAULT_PREPROCESSING
 
 CHECKPOINT = "checkpoint.pt"
@@ -80,16 +81,6 @@ class EpochReport:
         return float(np.mean(list(self.val_dice.values())))
 
 
-def dice_per_class(prediction: np.ndarray, truth: np.ndarray, classes: int) -> list[float]:
-    """Dice for classes 1..classes-1; both empty counts as 1."""
-    scores = []
-    for c in range(1, classes):
-        p, t = prediction == c, truth == c
-        denominator = p.sum() + t.sum()
-        scores.append(1.0 if denominator == 0 else 2.0 * np.logical_and(p, t).sum() / denominator)
-    return scores
-
-
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -100,15 +91,17 @@ def _autocast(config: TrainConfig, device: str):
 
 def evaluate_network(network, loader, config: TrainConfig, device: str) -> dict:
     network.eval()
-    per_class = []
+    per_class: dict[str, list] = {name: [] for name in CLASSES[1:]}
     with torch.no_grad(), _autocast(config, device):
         for batch in loader:
             logits = network(batch["image"].to(device))
             predicted = logits.argmax(1).cpu().numpy()
             truth = batch["label"][:, 0].numpy()
-            per_class += [dice_per_class(p, t, len(CLASSES)) for p, t in zip(predicted, truth)]
-    means = np.mean(per_class, axis=0)
-    return {name: round(float(v), 4) for name, v in zip(CLASSES[1:], means)}
+            for p, t in zip(predicted, truth):
+                for name, score in dice_by_class(p, t, CLASSES).items():
+                    per_class[name].append(score)
+    means = {name: mean(scores) for name, scores in per_class.items()}
+    return {name: round(value, 4) for name, value in means.items() if value is not None}
 
 
 def train(

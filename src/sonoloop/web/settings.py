@@ -81,6 +81,11 @@ TASKS = {
         "QUEUES": ["default", "inference", "training"],
     }
 }
+# Job rows whose worker can be lost (killed, machine gone); every worker runs these (web/jobs.py)
+LOST_WORKER_CHECKS = [
+    "sonoloop.web.analysis.services.jobs_requeue_stale",
+    "sonoloop.web.learning.services.retraining_fail_stale",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import socket
 import threading
 import time
 from datetime import timedelta
@@ -27,9 +25,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from sonoloop import __version__
 from sonoloop.dicom.filestore import FileStore
 from sonoloop.dicom.instance import sop_class_name
+from sonoloop.web import jobs
+from sonoloop.web.errors import Conflict
 from sonoloop.web.archive.models import Instance
 
 from .models import AnalysisJob, AnalysisResult, ResultForward, StudyMeasurement
@@ -43,7 +42,6 @@ ULTRASOUND_IMAGES = {
     "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
 }
 MAX_ATTEMPTS = 3
-HEARTBEAT_SECONDS = 2.0
 
 
 class AnalysisError(Exception):
@@ -100,7 +98,7 @@ def job_tasks(job_id: int):
                                        args_kwargs={"args": [job_id], "kwargs": {}})
 
 
-class RetryError(ValueError):
+class RetryError(Conflict):
     pass
 
 
@@ -116,18 +114,12 @@ def job_retry(job: AnalysisJob) -> AnalysisJob:
         return job_create(job.instance, retry_of=job)
 
 
-# What every worker's lost-worker thread runs; other apps add their own checks.
-STALE_CHECKS: list = []
-
-
 def jobs_requeue_stale(stale_seconds: int | None = None) -> list[AnalysisJob]:
     """Running jobs whose worker has gone silent: back in the queue (a new attempt), or failed
     after MAX_ATTEMPTS lost workers. Returns the jobs changed."""
-    stale_seconds = stale_seconds or settings.CONFIG.job_stale_seconds
-    now = timezone.now()
-    cutoff = now - timedelta(seconds=stale_seconds)
+    now, cutoff = timezone.now(), jobs.stale_cutoff(stale_seconds)
     changed = []
-    for job in AnalysisJob.objects.filter(status=AnalysisJob.RUNNING, heartbeat_at__lt=cutoff):
+    for job in jobs.lost(AnalysisJob, cutoff):
         with transaction.atomic():
             current = AnalysisJob.objects.select_for_update().get(pk=job.pk)
             if current.status != AnalysisJob.RUNNING or current.heartbeat_at >= cutoff:
@@ -215,50 +207,22 @@ def active_model() -> ActiveModel:
         return _model
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def job_run(job_id: int) -> str:
     """Run one queued job to the end (done or failed); returns its final status."""
-    with transaction.atomic():
-        job = AnalysisJob.objects.select_for_update().filter(pk=job_id).first()
-        if job is None or job.status != AnalysisJob.QUEUED:
-            # a duplicate delivery, or the job was re-queued under a newer task
-            return job.status if job else "missing"
-        now = timezone.now()
-        job.status, job.started_at, job.heartbeat_at, job.worker = AnalysisJob.RUNNING, now, now, worker_name()
-        job.finished_at = None
-        job.save()
-    stop = threading.Event()
-    beating = threading.Thread(target=heartbeat, args=(job.pk, stop), name=f"heartbeat-{job.pk}", daemon=True)
-    beating.start()
-    try:
-        _analyse(job)
-    except AnalysisError as exc:
-        _fail(job, str(exc))
-    except Exception as exc:  # anything else is a bug or an environment problem: keep the job, say what
-        log.exception("job %s failed", job.pk)
-        _fail(job, f"unexpected error ({type(exc).__name__}: {exc}); see the worker log")
-    finally:
-        stop.set()
-        beating.join()
+    if not jobs.claim(AnalysisJob, job_id):
+        # a duplicate delivery, or the job was re-queued under a newer task
+        job = AnalysisJob.objects.filter(pk=job_id).first()
+        return job.status if job else "missing"
+    job = AnalysisJob.objects.select_related("instance").get(pk=job_id)
+    with jobs.heartbeat(AnalysisJob, job.pk):
+        try:
+            _analyse(job)
+        except AnalysisError as exc:
+            _fail(job, str(exc))
+        except Exception as exc:  # anything else is a bug or an environment problem: keep the job, say what
+            log.exception("job %s failed", job.pk)
+            _fail(job, f"unexpected error ({type(exc).__name__}: {exc}); see the worker log")
     return AnalysisJob.objects.get(pk=job.pk).status
-
-
-def heartbeat(job_id: int, stop: threading.Event, model=AnalysisJob) -> None:
-    """While a job row is running, say so every HEARTBEAT_SECONDS: a job whose heartbeat stops has
-    lost its worker (any job model with ``status`` "running" and ``heartbeat_at``)."""
-    from django.db import connection
-
-    try:
-        while not stop.wait(HEARTBEAT_SECONDS):
-            try:
-                model.objects.filter(pk=job_id, status="running").update(heartbeat_at=timezone.now())
-            except Exception as exc:  # a busy database: the next beat will do
-                log.warning("heartbeat of job %s not recorded: %s", job_id, exc)
-    finally:
-        connection.close()
 
 
 def _fail(job: AnalysisJob, reason: str) -> None:
@@ -268,15 +232,13 @@ def _fail(job: AnalysisJob, reason: str) -> None:
 
 
 def _analyse(job: AnalysisJob) -> None:
-    from pydicom.filewriter import dcmwrite
 
     from sonoloop.dicom.pixels import NoPixelData, all_frames
-    from sonoloop.dicom.seg import Device
     from sonoloop.echo.analyse import DicomOutputs, analyse_loop
     from sonoloop.ml.engines import EngineError
     from sonoloop.ml.modelfolder import ModelFolderError
     from sonoloop.ml.preprocess import FrameError
-    from sonoloop.web.archive.services import Sender, instance_path, instance_store
+    from sonoloop.web.archive.services import dataset_store, instance_path, own_device
 
     try:
         model = active_model()
@@ -303,7 +265,7 @@ def _analyse(job: AnalysisJob) -> None:
 
     version = (AnalysisResult.objects.filter(instance=instance).aggregate(v=Max("version"))["v"] or 0) + 1
     outputs = DicomOutputs(model.name, model.version,
-                           Device("Sonoloop", "Sonoloop", settings.CONFIG.ae_title, __version__),
+                           own_device(),
                            seg_series_number=900 + version, sr_series_number=950 + version,
                            description=f"AI segmentation v{version} ({model.name})", device_uid=_device_uid(),
                            uid_seed=f"{_device_uid()} analysis job {job.pk}")
@@ -322,9 +284,7 @@ def _analyse(job: AnalysisJob) -> None:
     for dataset in (analysis.segmentation, analysis.report):
         if dataset is None:
             continue
-        out = io.BytesIO()
-        dcmwrite(out, dataset, enforce_file_format=True)
-        instance_store(out.getvalue(), sender=Sender(settings.CONFIG.ae_title, may_correct=True), derived=True)
+        dataset_store(dataset)
         if dataset is analysis.segmentation:
             seg_uid = dataset.SOPInstanceUID
         else:

@@ -11,6 +11,7 @@ from sonoloop.web.accounts.auth import api_login_required
 from sonoloop.web.accounts.roles import role_required
 from sonoloop.web.archive.models import Instance
 from sonoloop.web.archive.panels import Panel
+from sonoloop.web.errors import json_errors
 
 from . import services
 from .models import AnalysisJob, AnalysisResult
@@ -124,17 +125,14 @@ def api_job(request, pk: int):
 
 
 @api_login_required(role="admin")
+@json_errors
 def api_job_retry(request, pk: int):
     if request.method != "POST":
         return JsonResponse({"error": "use POST"}, status=405)
     job = AnalysisJob.objects.select_related("instance").filter(pk=pk).first()
     if job is None:
         return JsonResponse({"error": f"there is no job {pk}"}, status=404)
-    try:
-        new = services.job_retry(job)
-    except services.RetryError as exc:
-        return JsonResponse({"error": str(exc)}, status=409)
-    return JsonResponse(services.job_summary(new), status=201)
+    return JsonResponse(services.job_summary(services.job_retry(job)), status=201)
 
 
 @api_login_required

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from sonoloop.ml.metrics import dice_by_class, remap
+from sonoloop.web.errors import BadRequest
+
 SCHEMA = "sonoloop-annotation"
 SCHEMA_VERSION = 1
 ENCODING = "rle"
-CLASSES = {1: "LV", 2: "MYO", 3: "LA"}  # label value → structure, as the model's classes
+CLASSES = {1: "LV", 2: "MYO", 3: "LA"}  # label value → structure: the document's own vocabulary
+CLASS_MAP = ["background", *CLASSES.values()]  # the same as a class list (value = index)
 MAX_FRAMES = 5000
 
 
-class DocumentError(ValueError):
+class DocumentError(BadRequest):
     """A document or upload that does not follow the schema; the message says where."""
 
 
@@ -134,10 +138,13 @@ def read_masks(document: dict) -> tuple[list[int], np.ndarray]:
 
 
 def dice_per_class(a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
-    """Dice between two label stacks per structure; None where neither has the structure."""
-    scores = {}
-    for value, name in CLASSES.items():
-        x, y = a == value, b == value
-        total = int(x.sum()) + int(y.sum())
-        scores[name] = None if total == 0 else round(2 * int((x & y).sum()) / total, 4)
-    return scores
+    """Dice between two label stacks in the document's class map per structure (``ml.metrics``:
+    None where neither has the structure), rounded."""
+    return {name: None if score is None else round(score, 4)
+            for name, score in dice_by_class(a, b, CLASS_MAP).items()}
+
+
+def from_model(labels: np.ndarray, classes: list[str]) -> np.ndarray:
+    """A model's label maps (values index its ``classes``, in its model.json's order) in the
+    document's class map, by structure name."""
+    return remap(labels, classes, CLASS_MAP)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import logging
 from functools import lru_cache
@@ -15,11 +14,13 @@ from django.db.models import Max
 from django.utils import timezone
 
 from sonoloop.dicom.filestore import FileStore
+from sonoloop.web import errors
 from sonoloop.web.accounts.roles import has_role
 from sonoloop.web.analysis.models import AnalysisResult
 from sonoloop.web.analysis.services import result_labels
 from sonoloop.web.archive.models import Instance
 from sonoloop.web.audit.services import ACCESSED, Actor, audit_record
+from sonoloop.web.errors import Conflict
 
 from . import document
 from .document import DocumentError
@@ -28,11 +29,11 @@ from .models import Annotation, AnnotationEvent
 log = logging.getLogger("sonoloop.annotations")
 
 
-class StatusError(ValueError):
+class StatusError(Conflict):
     """A status change that the annotation's state does not allow (HTTP 409)."""
 
 
-class NotAllowed(PermissionError):
+class NotAllowed(errors.NotAllowed):
     """A change this user's role does not allow (HTTP 403)."""
 
 
@@ -116,7 +117,7 @@ def annotation_create(instance: Instance, user, body: dict) -> Annotation:
 
 
 def _agreement(result: AnalysisResult, frames: list[int], masks: np.ndarray) -> dict:
-    labels = result_labels(result)
+    labels = document.from_model(result_labels(result), result.classes)
     if labels.shape[1:] != masks.shape[1:]:
         return {}
     ai = labels[np.asarray(frames) - 1]
@@ -180,11 +181,9 @@ def annotation_status_set(annotation: Annotation, user, status: str, note: str =
 def annotation_export_seg(annotation: Annotation, user) -> str:
     """Store an approved annotation as a MANUAL DICOM SEG in the archive; its SOP Instance UID."""
     from pydicom import dcmread
-    from pydicom.filewriter import dcmwrite
 
-    from sonoloop import __version__
-    from sonoloop.dicom.seg import Device, build_segmentation
-    from sonoloop.web.archive.services import Sender, instance_path, instance_store, own_uid
+    from sonoloop.dicom.seg import build_segmentation
+    from sonoloop.web.archive.services import dataset_store, instance_path, own_device, own_uid
 
     if not has_role(user, "reviewer"):
         raise NotAllowed("exporting an annotation as DICOM SEG needs the reviewer role")
@@ -194,18 +193,16 @@ def annotation_export_seg(annotation: Annotation, user) -> str:
         return annotation.seg_sop_instance_uid
     frames, masks = annotation_masks(annotation)
     header = dcmread(instance_path(annotation.instance), stop_before_pixels=True)
-    classes = ["background", *document.CLASSES.values()]
+    classes = document.CLASS_MAP
     seg = build_segmentation(
         header, masks, classes, None, frame_numbers=frames, creator=annotation.author.get_username(),
         series_number=800 + annotation.version,
         # the same UIDs on a repeated export (a crash before the row below commits, two clicks)
         series_uid=own_uid("annotation", annotation.pk, "seg series"),
         sop_instance_uid=own_uid("annotation", annotation.pk, "seg"),
-        device=Device("Sonoloop", "Sonoloop", settings.CONFIG.ae_title, __version__),
+        device=own_device(),
         description=f"Expert segmentation v{annotation.version} ({annotation.author.get_username()})")
-    out = io.BytesIO()
-    dcmwrite(out, seg, enforce_file_format=True)
-    instance_store(out.getvalue(), sender=Sender(settings.CONFIG.ae_title, may_correct=True), derived=True)
+    dataset_store(seg)
     with transaction.atomic():
         Annotation.objects.filter(pk=annotation.pk).update(seg_sop_instance_uid=seg.SOPInstanceUID)
         AnnotationEvent.objects.create(annotation=annotation, user=user, action="exported",
@@ -228,8 +225,9 @@ def approved_annotations():
 
 
 def ai_masks(result: AnalysisResult) -> dict:
-    """An AI result's label maps in the annotation document's mask encoding, every frame."""
-    labels = result_labels(result)
+    """An AI result's label maps in the annotation document's mask encoding and class map
+    (remapped by name from the model's own order), every frame."""
+    labels = document.from_model(result_labels(result), result.classes)
     return {
         "result_version": result.version,
         "model": {"name": result.model_name, "version": result.model_version},

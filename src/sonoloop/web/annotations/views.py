@@ -15,9 +15,9 @@ from sonoloop.web.accounts.auth import api_login_required
 from sonoloop.web.accounts.roles import has_role, role_required
 from sonoloop.web.archive.models import Instance
 from sonoloop.web.archive.panels import Panel
+from sonoloop.web.errors import json_errors
 
 from . import services
-from .document import DocumentError
 from .models import Annotation
 
 log = logging.getLogger("sonoloop.web")
@@ -101,6 +101,7 @@ def _json_body(request) -> tuple[dict | None, JsonResponse | None]:
 
 
 @api_login_required
+@json_errors
 def api_instance_annotations(request, sop_uid: str):
     instance = _instance(sop_uid)
     if instance is None:
@@ -119,10 +120,7 @@ def api_instance_annotations(request, sop_uid: str):
     body, error = _json_body(request)
     if error:
         return error
-    try:
-        annotation = services.annotation_create(instance, request.user, body)
-    except DocumentError as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
+    annotation = services.annotation_create(instance, request.user, body)
     return JsonResponse(services.annotation_summary(annotation, base), status=201)
 
 
@@ -144,6 +142,7 @@ def api_annotation(request, pk: int):
 
 
 @api_login_required
+@json_errors
 def api_annotation_status(request, pk: int):
     if request.method != "POST":
         return JsonResponse({"error": "use POST with {\"status\": \"submitted\" | \"approved\" | \"draft\"}"},
@@ -159,28 +158,19 @@ def api_annotation_status(request, pk: int):
     note = body.get("note") or ""
     if not isinstance(note, str):
         return JsonResponse({"error": "note must be text"}, status=400)
-    try:
-        annotation = services.annotation_status_set(annotation, request.user, body["status"], note)
-    except services.NotAllowed as exc:
-        return JsonResponse({"error": str(exc)}, status=403)
-    except services.StatusError as exc:
-        return JsonResponse({"error": str(exc)}, status=409)
+    annotation = services.annotation_status_set(annotation, request.user, body["status"], note)
     return JsonResponse(services.annotation_summary(annotation, request.build_absolute_uri("/")))
 
 
 @api_login_required
+@json_errors
 def api_annotation_export(request, pk: int):
     if request.method != "POST":
         return JsonResponse({"error": "use POST"}, status=405)
     annotation = _annotation(pk)
     if annotation is None:
         return JsonResponse({"error": f"there is no annotation {pk}"}, status=404)
-    try:
-        uid = services.annotation_export_seg(annotation, request.user)
-    except services.NotAllowed as exc:
-        return JsonResponse({"error": str(exc)}, status=403)
-    except services.StatusError as exc:
-        return JsonResponse({"error": str(exc)}, status=409)
+    uid = services.annotation_export_seg(annotation, request.user)
     return JsonResponse({"segmentation": uid, "annotation": annotation.pk}, status=201)
 
 

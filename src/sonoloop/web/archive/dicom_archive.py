@@ -7,7 +7,7 @@ import threading
 from django.db import connection
 
 from sonoloop.dicom import status
-from sonoloop.dicom.node import Destination, Located, Permissions
+from sonoloop.dicom.archive import Destination, Located, Permissions
 from sonoloop.dicom.query import Query
 
 from sonoloop.web.audit.services import Actor

@@ -23,7 +23,7 @@ from sonoloop.config import check_ae_title, ConfigError
 from sonoloop.dicom.filestore import FileStore, StorageFull, new_key  # noqa: F401 - re-exported for views
 from sonoloop.dicom import status
 from sonoloop.dicom.instance import InstanceRecord, InvalidInstance, read_instance, sop_class_name
-from sonoloop.dicom.node import Destination, Permissions
+from sonoloop.dicom.archive import Destination, Permissions
 from sonoloop.dicom.query import LEVELS, Match, Query
 
 from . import lookups, previews  # noqa: F401 - lookups registers the wildcard lookups
@@ -684,6 +684,28 @@ def instance_attributes(instance: Instance) -> list[tuple[str, str]]:
             rows.append((ds[keyword].name, text))
     rows.append(("Ultrasound calibration", "present" if "SequenceOfUltrasoundRegions" in ds else "absent"))
     return rows
+
+
+def dataset_store(dataset) -> StoreResult:
+    """Store a dataset this installation made (its SEG, SR, an exported annotation): written in
+    the DICOM file format, stored as from this node's own AE (trusted to replace what it made
+    itself: a repeated write under the same UIDs replaces), and marked derived so it makes
+    no analysis job."""
+    import io
+
+    from pydicom.filewriter import dcmwrite
+
+    out = io.BytesIO()
+    dcmwrite(out, dataset, enforce_file_format=True)
+    return instance_store(out.getvalue(), sender=Sender(settings.CONFIG.ae_title, may_correct=True), derived=True)
+
+
+def own_device():
+    """This installation as the device that made its SEG and SR objects."""
+    from sonoloop import __version__
+    from sonoloop.dicom.seg import Device
+
+    return Device("Sonoloop", "Sonoloop", settings.CONFIG.ae_title, __version__)
 
 
 def own_uid(*parts: object) -> str:

@@ -7,11 +7,9 @@ class LearningConfig(AppConfig):
     verbose_name = "Model versions, retraining and promotion"
 
     def ready(self):
-        from sonoloop.web.analysis.services import MODEL_FOLDER_PROVIDERS, STALE_CHECKS
+        from sonoloop.web.analysis.services import MODEL_FOLDER_PROVIDERS
 
-        from .services import active_model_folder, retraining_fail_stale
+        from .services import active_model_folder
 
         if active_model_folder not in MODEL_FOLDER_PROVIDERS:
             MODEL_FOLDER_PROVIDERS.append(active_model_folder)
-        if retraining_fail_stale not in STALE_CHECKS:
-            STALE_CHECKS.append(retraining_fail_stale)

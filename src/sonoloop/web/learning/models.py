@@ -22,6 +22,9 @@ class ModelVersion(models.Model):
     is_active = models.BooleanField(default=False, help_text="The version that segments arriving echoes.")
     heldout_dice = models.JSONField(default=dict, help_text="Mean Dice per structure on the locked held-out set.")
     annotated_dice = models.JSONField(default=dict, help_text="Mean Dice per structure on the approved annotations.")
+    evaluated_at = models.DateTimeField(null=True, blank=True,
+                                        help_text="When the held-out evaluation (a task queued at registration) "
+                                                  "finished; promotion waits for it.")
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -17,6 +15,8 @@ from django.utils import timezone
 
 from sonoloop.ml.data import DataError, camus_frames, select
 from sonoloop.ml.modelfolder import ModelFolderError, read_description
+from sonoloop.web import errors, jobs
+from sonoloop.web.errors import BadRequest
 from sonoloop.web.accounts.roles import has_role
 
 from .models import ModelDecision, ModelVersion, RetrainingJob
@@ -26,15 +26,17 @@ TUNING_PATIENTS = 3  # original training patients held back to choose the best e
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class LearningError(ValueError):
+class LearningError(BadRequest):
     """A request the registry cannot carry out; the message says why (HTTP 400/409, CLI exit 2)."""
 
 
-class Conflict(LearningError):
+class Conflict(LearningError, errors.Conflict):
     """Not possible in the registry's present state (HTTP 409)."""
 
+    http_status = errors.Conflict.http_status
 
-class NotAllowed(PermissionError):
+
+class NotAllowed(errors.NotAllowed):
     """The user's role does not allow it (HTTP 403)."""
 
 
@@ -63,7 +65,19 @@ def version_register(folder: Path, *, origin: str, parent: ModelVersion | None =
         ModelDecision.objects.create(version=version, previous=previous if active else None, user=user,
                                      action=ModelDecision.REGISTERED,
                                      reason="registered and made active" if active else "registered as a candidate")
+        evaluation_queue(version)
     return version
+
+
+def evaluation_queue(version: ModelVersion) -> bool:
+    """Queue the held-out evaluation of ``version`` (a task, never in a request); False when no
+    held-out set is configured (SONOLOOP_CAMUS_DIR)."""
+    if not settings.CONFIG.camus_dir:
+        return False
+    from .tasks import evaluate_task
+
+    transaction.on_commit(lambda: evaluate_task.enqueue(version.pk))
+    return True
 
 
 def registry_ensure() -> ModelVersion:
@@ -133,11 +147,12 @@ def training_pool() -> tuple[list, list]:
 
 def annotated_frames(annotations) -> tuple[list, list[dict]]:
     """Every covered frame of the given annotations as training frames, and their provenance."""
-    from pydicom import dcmread
-
     from sonoloop.dicom.pixels import all_frames
+    from sonoloop.ml.metrics import remap
     from sonoloop.ml.preprocess import region_box
     from sonoloop.ml.retrain import AnnotatedFrame
+    from sonoloop.ml.spec import CLASSES
+    from sonoloop.web.annotations.document import CLASS_MAP
     from sonoloop.web.annotations.services import annotation_masks
     from sonoloop.web.archive.services import instance_path
 
@@ -150,6 +165,7 @@ def annotated_frames(annotations) -> tuple[list, list[dict]]:
             raise LearningError(f"annotation {annotation.pk} (v{annotation.version}): the image "
                                 f"{instance.sop_instance_uid} is no longer in the archive") from None
         numbers, masks = annotation_masks(annotation)
+        masks = remap(masks, CLASS_MAP, CLASSES)  # the training class map, by structure name
         box = region_box(header.get("SequenceOfUltrasoundRegions"), pixels.shape[1], pixels.shape[2])
         patient = instance.series.study.patient
         for number, mask in zip(numbers, masks):
@@ -174,7 +190,7 @@ def version_evaluate(version: ModelVersion) -> ModelVersion:
     heldout = mean_dice(segmenter, heldout_frames())
     annotated, _ = annotated_frames(approved_annotations())
     scores = {"heldout_dice": heldout, "annotated_dice": mean_dice(segmenter, annotated) if annotated else {}}
-    ModelVersion.objects.filter(pk=version.pk).update(**scores)
+    ModelVersion.objects.filter(pk=version.pk).update(**scores, evaluated_at=timezone.now())
     version.refresh_from_db()
     return version
 
@@ -199,10 +215,13 @@ def model_promote(version: ModelVersion, user, force: bool = False, reason: str 
     if version.pk == active.pk:
         raise Conflict(f"{version.name} is already the active version")
     for v in (version, active):
-        if not v.heldout_dice:
-            version_evaluate(v)
-    version.refresh_from_db()
-    active.refresh_from_db()
+        v.refresh_from_db()
+        if v.evaluated_at is None:  # the model never runs inside a request
+            queued = ("its evaluation was queued when it was registered; the Models page shows the numbers when "
+                      "it is done" if settings.CONFIG.camus_dir else "no held-out set is configured "
+                      "(SONOLOOP_CAMUS_DIR)")
+            raise Conflict(f"{v.name} has not been evaluated on the held-out set yet: {queued} "
+                           f"(or run `sonoloop manage models evaluate {v.name}`)")
     margin = settings.CONFIG.promotion_margin
     drops = gate(version.heldout_dice, active.heldout_dice, margin)
     numbers = {"candidate": version.heldout_dice, "active": active.heldout_dice, "active_version": active.name,
@@ -304,23 +323,12 @@ def retrain_cancel(job: RetrainingJob, user) -> RetrainingJob:
 
 def retrain_run(job_id: int, progress_bar: bool = False) -> RetrainingJob:
     """Run a queued retraining job: train, write the version folder, register it as a candidate."""
-    from sonoloop.web.analysis.services import heartbeat, worker_name
-
-    now = timezone.now()
-    claimed = RetrainingJob.objects.filter(pk=job_id, status=RetrainingJob.QUEUED).update(
-        status=RetrainingJob.RUNNING, started_at=now, heartbeat_at=now, worker=worker_name())
+    claimed = jobs.claim(RetrainingJob, job_id)
     job = RetrainingJob.objects.select_related("parent").get(pk=job_id)
     if not claimed:
         return job
-    stop = threading.Event()
-    beating = threading.Thread(target=heartbeat, args=(job.pk, stop, RetrainingJob), name=f"retrain-{job.pk}",
-                               daemon=True)
-    beating.start()
-    try:
+    with jobs.heartbeat(RetrainingJob, job.pk):
         _retrain(job, progress_bar)
-    finally:
-        stop.set()
-        beating.join()
     job.refresh_from_db()
     return job
 
@@ -375,9 +383,8 @@ def retraining_fail_stale(stale_seconds: int | None = None) -> list[int]:
     """Running retraining runs whose worker went silent (killed, machine lost): failed, their
     scratch folders removed. The version folder is only ever renamed into place when complete,
     so nothing half-written remains, and the active model never changed."""
-    stale_seconds = stale_seconds or settings.CONFIG.job_stale_seconds
-    cutoff = timezone.now() - timedelta(seconds=stale_seconds)
-    lost = list(RetrainingJob.objects.filter(status=RetrainingJob.RUNNING, heartbeat_at__lt=cutoff))
+    cutoff = jobs.stale_cutoff(stale_seconds)
+    lost = list(jobs.lost(RetrainingJob, cutoff))
     for job in lost:
         changed = RetrainingJob.objects.filter(pk=job.pk, status=RetrainingJob.RUNNING,
                                                heartbeat_at__lt=cutoff).update(

@@ -8,6 +8,7 @@ from django.http import JsonResponse
 from django.views.decorators.http import require_http_methods
 
 from sonoloop.web.accounts.auth import api_login_required
+from sonoloop.web.errors import json_errors
 
 from . import services
 from .models import ModelDecision, ModelVersion, RetrainingJob
@@ -25,15 +26,6 @@ def _body(request) -> dict:
     return body
 
 
-def _call(function, *args, status=200, **kwargs) -> JsonResponse:
-    try:
-        return JsonResponse(function(*args, **kwargs), status=status, safe=False)
-    except services.NotAllowed as exc:
-        return JsonResponse({"error": str(exc)}, status=403)
-    except services.LearningError as exc:
-        return JsonResponse({"error": str(exc)}, status=409 if isinstance(exc, services.Conflict) else 400)
-
-
 @api_login_required
 @require_http_methods(["GET"])
 def api_models(request):
@@ -49,23 +41,20 @@ def api_models(request):
 def _decide(request, name: str, action):
     if request.method != "POST":
         return JsonResponse({"error": "use POST"}, status=405)
-
-    def run():
-        body = _body(request)
-        version = services.version_get(name)
-        decision = action(version, request.user, body)
-        return services.decision_summary(decision)
-
-    return _call(run)
+    body = _body(request)
+    decision = action(services.version_get(name), request.user, body)
+    return JsonResponse(services.decision_summary(decision))
 
 
 @api_login_required
+@json_errors
 def api_model_promote(request, name: str):
     return _decide(request, name, lambda v, user, body: services.model_promote(
         v, user, force=bool(body.get("force", False)), reason=str(body.get("reason", ""))[:2000]))
 
 
 @api_login_required
+@json_errors
 def api_model_rollback(request, name: str):
     return _decide(request, name, lambda v, user, body: services.model_rollback(
         v, user, reason=str(body.get("reason", ""))[:2000]))
@@ -80,6 +69,7 @@ def job_summary(job: RetrainingJob) -> dict:
 
 
 @api_login_required
+@json_errors
 def api_retraining(request):
     if request.method == "GET":
         jobs = RetrainingJob.objects.select_related("parent", "result")[:100]
@@ -87,21 +77,18 @@ def api_retraining(request):
     if request.method != "POST":
         return JsonResponse({"error": "use GET or POST"}, status=405)
 
-    def create():
-        body = _body(request)
-        try:
-            options = {"parent": str(body["parent"]), "name": str(body["name"]), "strategy": str(body["strategy"]),
-                       "ratio": None if body.get("ratio") is None else float(body["ratio"]),
-                       "epochs": int(body.get("epochs", 10)), "batch_size": int(body.get("batch_size", 4)),
-                       "learning_rate": float(body.get("learning_rate", 1e-4)),
-                       "augment": bool(body.get("augment", True))}
-        except KeyError as exc:
-            raise services.LearningError(f"{exc.args[0]} is required") from None
-        except (TypeError, ValueError):
-            raise services.LearningError("ratio, epochs, batch_size and learning_rate must be numbers") from None
-        return job_summary(services.retrain_create(request.user, **options))
-
-    return _call(create, status=201)
+    body = _body(request)
+    try:
+        options = {"parent": str(body["parent"]), "name": str(body["name"]), "strategy": str(body["strategy"]),
+                   "ratio": None if body.get("ratio") is None else float(body["ratio"]),
+                   "epochs": int(body.get("epochs", 10)), "batch_size": int(body.get("batch_size", 4)),
+                   "learning_rate": float(body.get("learning_rate", 1e-4)),
+                   "augment": bool(body.get("augment", True))}
+    except KeyError as exc:
+        raise services.LearningError(f"{exc.args[0]} is required") from None
+    except (TypeError, ValueError):
+        raise services.LearningError("ratio, epochs, batch_size and learning_rate must be numbers") from None
+    return JsonResponse(job_summary(services.retrain_create(request.user, **options)), status=201)
 
 
 @api_login_required
@@ -113,10 +100,11 @@ def api_retraining_job(request, pk: int):
 
 
 @api_login_required
+@json_errors
 def api_retraining_cancel(request, pk: int):
     if request.method != "POST":
         return JsonResponse({"error": "use POST"}, status=405)
     job = RetrainingJob.objects.select_related("parent", "result").filter(pk=pk).first()
     if job is None:
         return JsonResponse({"error": f"there is no retraining run {pk}"}, status=404)
-    return _call(lambda: job_summary(services.retrain_cancel(job, request.user)))
+    return JsonResponse(job_summary(services.retrain_cancel(job, request.user)))

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django_tasks_db.management.commands.db_worker import Command as DbWorkerCommand
 
-from sonoloop.web.analysis.services import STALE_CHECKS, jobs_requeue_stale
+from sonoloop.web.jobs import check_lost_workers
 
 log = logging.getLogger("sonoloop.analysis")
 
@@ -23,9 +23,7 @@ def _watch_lost_workers(stop: threading.Event, every: float) -> None:
     while not stop.wait(every):
         try:
             close_old_connections()
-            jobs_requeue_stale()
-            for check in STALE_CHECKS:
-                check()
+            check_lost_workers()
         except Exception:
             log.exception("checking for lost workers failed; trying again in %.0f s", every)
         finally:
