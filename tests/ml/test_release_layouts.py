@@ -1,11 +1,10 @@
 """The official CAMUS release layouts, on small files written here in those formats."""
 
+import nibabel  # a hard dependency: a broken install fails here instead of skipping
 import numpy as np
 import pytest
 
 from sonoloop.ml.data import DataError, camus_frames
-
-nibabel = pytest.importorskip("nibabel")
 
 
 def _frame(seed):

@@ -4,7 +4,7 @@ from pydicom.dataset import Dataset
 
 from sonoloop.dicom.instance import InvalidInstance
 from sonoloop.dicom.query import parse_identifier
-from sonoloop.web.archive import services
+from sonoloop.web.archive import services, store
 from sonoloop.web.archive.models import Instance, Patient, Series, Study
 from tests.dicom.helpers import file_bytes
 
@@ -62,7 +62,7 @@ def test_database_failure_leaves_no_orphan_file(config, samples, settings, monke
     def broken(*args, **kwargs):
         raise DatabaseError("database is locked")
 
-    monkeypatch.setattr(services, "_index", broken)
+    monkeypatch.setattr(store, "_index", broken)
     with pytest.raises(DatabaseError):
         services.instance_store(samples["us_rle_palette"].read_bytes())
     assert stored_files(settings.CONFIG.data_dir) == []

@@ -13,6 +13,7 @@ from sonoloop.dicom.query import Query
 from sonoloop.web.audit.services import Actor
 
 from . import services, trail
+from .models import Instance
 
 
 class DjangoArchive:
@@ -58,7 +59,7 @@ class DjangoArchive:
             if stored:
                 received = []
                 for start in range(0, len(stored), 500):  # SQLite bounds the parameters of one query
-                    received += services.Instance.objects.filter(pk__in=stored[start: start + 500]).select_related(
+                    received += Instance.objects.filter(pk__in=stored[start: start + 500]).select_related(
                         "series__study__patient")
                 trail.record_transfer(self._association.actor, received, "C", "C-STORE")
         finally:

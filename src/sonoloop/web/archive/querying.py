@@ -1,0 +1,175 @@
+"""Querying the index for C-FIND, C-GET, C-MOVE and QIDO-RS: a DICOM query (``dicom.query``)
+compiled to ORM filters at its level, with wildcards through index-friendly lookups."""
+
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from django.db.models import Count, Q, QuerySet
+
+from sonoloop.dicom.query import LEVELS, Match, Query
+
+from . import lookups  # noqa: F401 - registers the wildcard lookups
+from .models import Instance, Patient, Series, Study
+
+
+FIELDS = {
+    "PATIENT": {
+        "PatientID": "patient_id",
+        "PatientName": "patient_name",
+        "PatientBirthDate": "patient_birth_date",
+        "PatientSex": "patient_sex",
+    },
+    "STUDY": {
+        "StudyInstanceUID": "study_instance_uid",
+        "StudyDate": "study_date",
+        "StudyTime": "study_time",
+        "StudyID": "study_id",
+        "AccessionNumber": "accession_number",
+        "StudyDescription": "study_description",
+        "ReferringPhysicianName": "referring_physician_name",
+        "ModalitiesInStudy": "modalities",
+    },
+    "SERIES": {
+        "SeriesInstanceUID": "series_instance_uid",
+        "Modality": "modality",
+        "SeriesNumber": "series_number",
+        "SeriesDescription": "series_description",
+        "SeriesDate": "series_date",
+        "BodyPartExamined": "body_part_examined",
+    },
+    "IMAGE": {
+        "SOPInstanceUID": "sop_instance_uid",
+        "SOPClassUID": "sop_class_uid",
+        "InstanceNumber": "instance_number",
+        "NumberOfFrames": "number_of_frames",
+        "ContentDate": "content_date",
+        "ContentTime": "content_time",
+        "Rows": "rows",
+        "Columns": "columns",
+    },
+}
+MODELS = {"PATIENT": Patient, "STUDY": Study, "SERIES": Series, "IMAGE": Instance}
+_PARENT_PATH = {"STUDY": "patient", "SERIES": "study", "IMAGE": "series"}
+_INT_FIELDS = {"series_number", "instance_number", "number_of_frames", "rows", "columns"}
+_CASE_INSENSITIVE = {"patient_name", "referring_physician_name"}
+
+
+def _path_to(base: str, target: str) -> str:
+    """ORM path from the ``base`` level's model up to ``target``'s (empty if the same)."""
+    parts = []
+    level = base
+    while level != target:
+        parts.append(_PARENT_PATH[level])
+        level = LEVELS[LEVELS.index(level) - 1]
+    return "__".join(parts)
+
+
+def _level_of(keyword: str) -> str | None:
+    return next((level for level, fields in FIELDS.items() if keyword in fields), None)
+
+
+def _condition(match: Match, lookup: str, field: str) -> Q:
+    if field in _INT_FIELDS:
+        try:
+            if match.kind == "list":
+                return Q(**{f"{lookup}__in": [int(v) for v in match.values]})
+            return Q(**{lookup: int(match.value)})
+        except ValueError:
+            return Q(pk__in=[])
+    if match.kind == "single":
+        if field == "modalities":
+            return Q(**{f"{lookup}__regex": rf"(^|\\){re.escape(match.value)}(\\|$)"})
+        if field in _CASE_INSENSITIVE:
+            return Q(**{f"{lookup}__iexact": match.value})
+        return Q(**{lookup: match.value})
+    if match.kind == "wildcard":
+        suffix = "__dicom_iwildcard" if field in _CASE_INSENSITIVE else "__dicom_wildcard"
+        return Q(**{f"{lookup}{suffix}": match.value})
+    if match.kind == "list":
+        return Q(**{f"{lookup}__in": list(match.values)})
+    condition = Q()
+    if match.low:
+        condition &= Q(**{f"{lookup}__gte": match.low})
+    if match.high:
+        # "-20240131" includes the whole of that day/time prefix.
+        condition &= Q(**{f"{lookup}__lte": match.high + "\uffff"})
+    return condition & ~Q(**{lookup: ""})
+
+
+def apply_matches(qs: QuerySet, base: str, matches: list[Match]) -> QuerySet:
+    for match in matches:
+        level = _level_of(match.keyword)
+        if level is None or LEVELS.index(level) > LEVELS.index(base):
+            continue
+        field = FIELDS[level][match.keyword]
+        path = _path_to(base, level)
+        lookup = f"{path}__{field}" if path else field
+        qs = qs.filter(_condition(match, lookup, field))
+    return qs
+
+
+def _counted(qs: QuerySet, level: str) -> QuerySet:
+    if level == "PATIENT":
+        return qs.annotate(
+            n_studies=Count("studies", distinct=True),
+            n_series=Count("studies__series", distinct=True),
+            n_instances=Count("studies__series__instances", distinct=True),
+        )
+    if level == "STUDY":
+        return qs.annotate(n_series=Count("series", distinct=True), n_instances=Count("series__instances", distinct=True))
+    if level == "SERIES":
+        return qs.annotate(n_instances=Count("instances", distinct=True))
+    return qs
+
+
+_COUNT_KEYWORDS = {
+    "PATIENT": {
+        "n_studies": "NumberOfPatientRelatedStudies",
+        "n_series": "NumberOfPatientRelatedSeries",
+        "n_instances": "NumberOfPatientRelatedInstances",
+    },
+    "STUDY": {"n_series": "NumberOfStudyRelatedSeries", "n_instances": "NumberOfStudyRelatedInstances"},
+    "SERIES": {"n_instances": "NumberOfSeriesRelatedInstances"},
+    "IMAGE": {},
+}
+
+_SELECT_RELATED = {
+    "PATIENT": (),
+    "STUDY": ("patient",),
+    "SERIES": ("study__patient",),
+    "IMAGE": ("series__study__patient",),
+}
+
+
+def query_records(query: Query, limit: int | None = None, offset: int = 0):
+    """Yield one dict per matching entity at the query's level: DICOM keyword → value."""
+    level = query.level
+    qs = MODELS[level].objects.select_related(*_SELECT_RELATED[level])
+    qs = apply_matches(qs, level, query.matches)
+    qs = _counted(qs, level).order_by("pk")
+    if limit is not None:
+        qs = qs[offset: offset + limit]
+    for obj in qs.iterator(chunk_size=500) if limit is None else qs:
+        record = {}
+        current, current_level = obj, level
+        while True:
+            for keyword, field in FIELDS[current_level].items():
+                record[keyword] = getattr(current, field)
+            if current_level == "PATIENT":
+                break
+            current = getattr(current, _PARENT_PATH[current_level])
+            current_level = LEVELS[LEVELS.index(current_level) - 1]
+        for attr, keyword in _COUNT_KEYWORDS[level].items():
+            record[keyword] = getattr(obj, attr)
+        if level == "IMAGE":
+            record["AvailableTransferSyntaxUID"] = obj.transfer_syntax_uid
+        record["RetrieveAETitle"] = settings.CONFIG.ae_title
+        record["_pk"] = obj.pk
+        yield record
+
+
+def instances_for(query: Query) -> QuerySet:
+    """Every instance at or below the entities the query names (C-GET, C-MOVE)."""
+    return apply_matches(Instance.objects.all(), "IMAGE", query.matches).order_by("pk")
