@@ -191,6 +191,7 @@ def test_only_admins_promote_roll_back_and_retrain(registry, tiny_models, approv
     assert response.status_code == 409
     listing = boss.get("/api/models").json()
     assert [v["name"] for v in listing["versions"] if v["active"]] == [better.name]
+    assert not any(v["folder"].startswith("/") for v in listing["versions"])  # no server paths shown
     assert listing["decisions"][0]["user"] == "ada"
 
 
@@ -245,14 +246,16 @@ def test_a_run_whose_worker_died_is_failed_and_the_active_model_kept(registry, s
                                        worker="gpu-1:4242", heartbeat_at=timezone.now() - timedelta(minutes=10))
     scratch = settings.CONFIG.tmp_dir / f"retrain-{job.pk}"
     scratch.mkdir(parents=True)
-    staging = settings.CONFIG.models_dir / ".lost-abc123"
+    staging = settings.CONFIG.models_dir / ".lost-abc12345"  # as tempfile.mkdtemp names it
     staging.mkdir(parents=True)
+    other = settings.CONFIG.models_dir / ".lost-b-xyz98765"  # a live run named "lost-b"
+    other.mkdir()
     alive = RetrainingJob.objects.create(parent=registry, name="alive", strategy="equal",
                                          status=RetrainingJob.RUNNING, heartbeat_at=timezone.now())
     assert services.retraining_fail_stale(stale_seconds=60) == [job.pk]
     job.refresh_from_db()
     assert job.status == RetrainingJob.FAILED and "gpu-1:4242 stopped responding" in job.reason
-    assert not scratch.exists() and not staging.exists()
+    assert not scratch.exists() and not staging.exists() and other.exists()
     assert RetrainingJob.objects.get(pk=alive.pk).status == RetrainingJob.RUNNING
     assert ModelVersion.objects.get(is_active=True) == registry
 

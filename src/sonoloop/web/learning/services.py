@@ -393,7 +393,9 @@ def retraining_fail_stale(stale_seconds: int | None = None) -> list[int]:
                    "start the run again")
         if changed:
             shutil.rmtree(settings.CONFIG.tmp_dir / f"retrain-{job.pk}", ignore_errors=True)
-            for staging in settings.CONFIG.models_dir.glob(f".{job.name}-*"):
+            # save_model's staging folder is mkdtemp(".<name>-"): 8 random characters, never "-";
+            # so run "a" never takes the staging folder of a live run "a-b"
+            for staging in settings.CONFIG.models_dir.glob(f".{job.name}-{'?' * 8}"):
                 shutil.rmtree(staging, ignore_errors=True)
             log.warning("retraining run %s lost its worker %s: failed", job.pk, job.worker)
     return [job.pk for job in lost]
@@ -415,8 +417,19 @@ def version_summary(version: ModelVersion, trend: dict | None = None) -> dict:
         "heldout_dice": version.heldout_dice,
         "annotated_dice": version.annotated_dice,
         "annotation_agreement": trend.get(version.name),
-        "folder": version.folder,
+        "evaluated_at": version.evaluated_at.isoformat() if version.evaluated_at else None,
+        "folder": shown_folder(version.folder),
     }
+
+
+def shown_folder(folder: str) -> str:
+    """A version's folder as pages and the API show it: relative to the data folder, or just
+    its name — server paths are not for every viewer (security review #26)."""
+    path = Path(folder)
+    try:
+        return str(path.relative_to(settings.CONFIG.data_dir))
+    except ValueError:
+        return path.name
 
 
 def decision_summary(decision: ModelDecision) -> dict:
