@@ -99,3 +99,22 @@ def test_the_access_log_leaves_query_strings_out(settings):
     web = children(settings.CONFIG)[0]
     access_format = web.argv[web.argv.index("--access-logformat") + 1]
     assert "%(U)s" in access_format and "%(r)s" not in access_format and "%(q)s" not in access_format
+
+
+def test_an_annotation_saved_from_the_editor_is_recorded_with_its_address(client, echo):
+    import json
+
+    import numpy as np
+
+    from sonoloop.web.annotations.document import rle_encode
+
+    client.force_login(user_with_role("anna", "annotator"))
+    mask = np.zeros((echo.rows, echo.columns), np.uint8)
+    mask[10:30, 10:30] = 1
+    body = {"schema_version": 1, "rows": echo.rows, "columns": echo.columns, "number_of_frames": 30,
+            "frames": [3], "masks": {"3": {"encoding": "rle", "counts": rle_encode(mask)}}}
+    response = client.post(f"/api/instances/{echo.sop_instance_uid}/annotations", json.dumps(body),
+                           content_type="application/json", REMOTE_ADDR="10.9.8.7")
+    assert response.status_code == 201, response.content
+    (event,) = AuditEvent.objects.filter(who="anna", detail__startswith="annotation v1 saved")
+    assert event.address == "10.9.8.7" and event.action == "C"

@@ -153,3 +153,17 @@ def test_a_pathological_wildcard_answers_quickly_on_ten_thousand_patients(config
     started = time.perf_counter()
     assert list(services.query_records(query)) == []
     assert time.perf_counter() - started < 1.0
+
+
+def test_the_django_admin_cannot_delete_stored_images_behind_the_archives_back(stored, client, django_user_model):
+    """Its cascade would drop index rows and annotations and leave files and SEG/SR behind."""
+    boss = django_user_model.objects.create_superuser("root", "", "a long enough password")
+    client.force_login(boss)
+    instance = Instance.objects.first()
+    study = instance.series.study
+    for url in (f"/admin/archive/instance/{instance.pk}/delete/", f"/admin/archive/study/{study.pk}/delete/",
+                f"/admin/archive/patient/{study.patient.pk}/delete/"):
+        assert client.post(url, {"post": "yes"}).status_code == 403, url
+    assert Instance.objects.filter(pk=instance.pk).exists() and services.instance_path(instance).exists()
+    changelist = client.post("/admin/archive/instance/", {"action": "delete_selected", "_selected_action": [instance.pk]})
+    assert Instance.objects.filter(pk=instance.pk).exists() and changelist.status_code in (200, 302)

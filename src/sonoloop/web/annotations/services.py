@@ -64,7 +64,7 @@ def _reference_result(instance: Instance, version: int | None) -> AnalysisResult
     return result
 
 
-def annotation_create(instance: Instance, user, body: dict) -> Annotation:
+def annotation_create(instance: Instance, user, body: dict, address: str = "") -> Annotation:
     """Check ``body`` (the client's upload) and save it as the instance's next annotation version."""
     if not instance.rows or not instance.columns:
         raise DocumentError("this instance has no image to annotate")
@@ -111,7 +111,7 @@ def annotation_create(instance: Instance, user, body: dict) -> Annotation:
             raise
         log.info("annotation v%s of %s saved by %s (%s frame(s))", version, instance.sop_instance_uid,
                  user.get_username(), len(frames))
-        _trail(annotation, user, "C", f"annotation v{version} saved ({len(frames)} frames, {status})")
+        _trail(annotation, user, "C", f"annotation v{version} saved ({len(frames)} frames, {status})", address)
         return annotation
     raise DocumentError("another annotation of this instance was being saved at the same time; save again")
 
@@ -147,7 +147,7 @@ TRANSITIONS = {  # (from, to): (action, role)
 }
 
 
-def annotation_status_set(annotation: Annotation, user, status: str, note: str = "") -> Annotation:
+def annotation_status_set(annotation: Annotation, user, status: str, note: str = "", address: str = "") -> Annotation:
     if status not in dict(Annotation.STATUSES):
         raise StatusError(f"status must be one of {', '.join(dict(Annotation.STATUSES))}")
     move = TRANSITIONS.get((annotation.status, status))
@@ -174,11 +174,11 @@ def annotation_status_set(annotation: Annotation, user, status: str, note: str =
             raise StatusError("the annotation's status changed meanwhile; reload and try again")
         AnnotationEvent.objects.create(annotation=annotation, user=user, action=action, note=note[:2000])
     annotation.refresh_from_db()
-    _trail(annotation, user, "U", f"annotation v{annotation.version} {action}")
+    _trail(annotation, user, "U", f"annotation v{annotation.version} {action}", address)
     return annotation
 
 
-def annotation_export_seg(annotation: Annotation, user) -> str:
+def annotation_export_seg(annotation: Annotation, user, address: str = "") -> str:
     """Store an approved annotation as a MANUAL DICOM SEG in the archive; its SOP Instance UID."""
     from pydicom import dcmread
 
@@ -208,13 +208,14 @@ def annotation_export_seg(annotation: Annotation, user) -> str:
         AnnotationEvent.objects.create(annotation=annotation, user=user, action="exported",
                                        note=f"DICOM SEG {seg.SOPInstanceUID}")
     annotation.seg_sop_instance_uid = seg.SOPInstanceUID
-    _trail(annotation, user, "C", f"annotation v{annotation.version} exported as DICOM SEG {seg.SOPInstanceUID}")
+    _trail(annotation, user, "C", f"annotation v{annotation.version} exported as DICOM SEG {seg.SOPInstanceUID}",
+           address)
     return seg.SOPInstanceUID
 
 
-def _trail(annotation: Annotation, user, action: str, detail: str) -> None:
+def _trail(annotation: Annotation, user, action: str, detail: str, address: str = "") -> None:
     study = annotation.instance.series.study
-    audit_record(ACCESSED, action, Actor(user.get_username(), "", "web", user.pk),
+    audit_record(ACCESSED, action, Actor(user.get_username(), address, "web", user.pk),
                  patient_id=study.patient.patient_id, study_instance_uid=study.study_instance_uid,
                  instances=1, detail=detail)
 

@@ -120,8 +120,13 @@ def api_instance_annotations(request, sop_uid: str):
     body, error = _json_body(request)
     if error:
         return error
-    annotation = services.annotation_create(instance, request.user, body)
+    annotation = services.annotation_create(instance, request.user, body, address=_address(request))
     return JsonResponse(services.annotation_summary(annotation, base), status=201)
+
+
+def _address(request) -> str:
+    """Who did it, for the access trail (behind a proxy: the address it reports)."""
+    return request.META.get("REMOTE_ADDR", "")
 
 
 def _annotation(pk: int) -> Annotation | None:
@@ -158,7 +163,8 @@ def api_annotation_status(request, pk: int):
     note = body.get("note") or ""
     if not isinstance(note, str):
         return JsonResponse({"error": "note must be text"}, status=400)
-    annotation = services.annotation_status_set(annotation, request.user, body["status"], note)
+    annotation = services.annotation_status_set(annotation, request.user, body["status"], note,
+                                                address=_address(request))
     return JsonResponse(services.annotation_summary(annotation, request.build_absolute_uri("/")))
 
 
@@ -170,7 +176,7 @@ def api_annotation_export(request, pk: int):
     annotation = _annotation(pk)
     if annotation is None:
         return JsonResponse({"error": f"there is no annotation {pk}"}, status=404)
-    uid = services.annotation_export_seg(annotation, request.user)
+    uid = services.annotation_export_seg(annotation, request.user, address=_address(request))
     return JsonResponse({"segmentation": uid, "annotation": annotation.pk}, status=201)
 
 

@@ -10,27 +10,37 @@ class DicomPeerAdmin(admin.ModelAdmin):
     search_fields = ("ae_title", "host", "description")
 
 
+class NoDeleteHere(admin.ModelAdmin):
+    """The admin's delete cascades through the index rows only: it would leave the files, the
+    SEG/SR and results behind and take the immutable annotations and their history with it
+    (security review #25). Stored data are not deleted here; removing images safely is a
+    service of its own (issue 14), with its own trail."""
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Patient)
-class PatientAdmin(admin.ModelAdmin):
+class PatientAdmin(NoDeleteHere):
     list_display = ("patient_id", "patient_name", "patient_birth_date", "patient_sex")
     search_fields = ("patient_id", "patient_name")
 
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(NoDeleteHere):
     list_display = ("study_date", "patient", "study_description", "accession_number", "modalities")
     search_fields = ("study_instance_uid", "accession_number", "study_description", "patient__patient_name")
     raw_id_fields = ("patient",)
 
 
 @admin.register(Series)
-class SeriesAdmin(admin.ModelAdmin):
+class SeriesAdmin(NoDeleteHere):
     list_display = ("series_instance_uid", "modality", "series_number", "series_description")
     raw_id_fields = ("study",)
 
 
 @admin.register(Instance)
-class InstanceAdmin(admin.ModelAdmin):
+class InstanceAdmin(NoDeleteHere):
     list_display = ("sop_instance_uid", "sop_class_uid", "number_of_frames", "transfer_syntax_uid", "received_at")
     search_fields = ("sop_instance_uid",)
     raw_id_fields = ("series",)
