@@ -84,7 +84,8 @@ def start_sonoloop(work: Path) -> tuple[subprocess.Popen, int, Path]:
                SONOLOOP_DICOM_PORT=str(dicom_port), SONOLOOP_HTTP_PORT=str(http_port), SONOLOOP_ADMIN_PASSWORD="bench",
                # each stored echo still gets its analysis job and task row (part of ingest), but no
                # worker runs the model meanwhile: this measures the PACS side, not inference
-               SONOLOOP_TASK_WORKERS="0", SONOLOOP_DICOM_OPEN_STORE="1")
+               SONOLOOP_TASK_WORKERS="0", SONOLOOP_TRAINING_WORKERS="0",
+               SONOLOOP_DICOM_OPEN_STORE="1")
     log = (work / "sonoloop.log").open("w")
     sonoloop = str(Path(sys.executable).with_name("sonoloop"))
     process = subprocess.Popen([sonoloop, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -55,7 +55,8 @@ def start(data_dir: Path, ports: tuple[int, int] | None = None) -> tuple[subproc
     env = {k: v for k, v in os.environ.items() if not k.startswith("SONOLOOP_") and k != "DATABASE_URL"}
     env.update(SONOLOOP_DATA_DIR=str(data_dir), SONOLOOP_DICOM_HOST="127.0.0.1", SONOLOOP_HTTP_HOST="127.0.0.1",
                SONOLOOP_DICOM_PORT=str(dicom_port), SONOLOOP_HTTP_PORT=str(http_port),
-               SONOLOOP_ADMIN_PASSWORD=PASSWORD, SONOLOOP_TASK_WORKERS="0", SONOLOOP_DICOM_OPEN_STORE="1")
+               SONOLOOP_ADMIN_PASSWORD=PASSWORD, SONOLOOP_TASK_WORKERS="0", SONOLOOP_TRAINING_WORKERS="0",
+               SONOLOOP_DICOM_OPEN_STORE="1")
     sonoloop = str(Path(sys.executable).with_name("sonoloop"))
     log = (data_dir.parent / "serve.log").open("a")
     process = subprocess.Popen([sonoloop, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
