@@ -172,3 +172,12 @@ def test_the_preview_cache_stays_under_its_limit_dropping_the_oldest_first(confi
     assert previews.prune(keep) >= 2
     left = [p.name for p in _previews(settings)]
     assert set(left) <= set(newest) and left and newest[-1] in left
+
+
+def test_the_index_models_have_every_field_of_the_attribute_table():
+    from sonoloop.dicom.attributes import INDEXED
+    from sonoloop.web.archive.querying import MODELS
+
+    for attribute in INDEXED:
+        names = {f.name for f in MODELS[attribute.level]._meta.get_fields()}
+        assert attribute.field in names, f"{attribute.keyword}: {MODELS[attribute.level].__name__}.{attribute.field}"

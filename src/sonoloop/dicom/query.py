@@ -12,21 +12,11 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+from .attributes import LEVELS, matchable_fields
 
-# Keys the archive can match on, by level.  Anything else requested is returned empty.
-MATCHABLE = {
-    "PATIENT": ("PatientID", "PatientName", "PatientBirthDate", "PatientSex"),
-    "STUDY": (
-        "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-        "StudyDescription", "ReferringPhysicianName", "ModalitiesInStudy",
-    ),
-    "SERIES": ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate", "BodyPartExamined"),
-    "IMAGE": (
-        "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "NumberOfFrames", "ContentDate", "ContentTime",
-        "Rows", "Columns",
-    ),
-}
+# Keys the archive can match on, by level (from the one table, ``dicom.attributes``).
+# Anything else requested is returned empty.
+MATCHABLE = {level: tuple(fields) for level, fields in matchable_fields().items()}
 UNIQUE_KEY = {
     "PATIENT": "PatientID",
     "STUDY": "StudyInstanceUID",

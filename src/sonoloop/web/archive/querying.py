@@ -8,51 +8,17 @@ import re
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 
+from sonoloop.dicom.attributes import NUMBER_FIELDS, matchable_fields
 from sonoloop.dicom.query import LEVELS, Match, Query
 
 from . import lookups  # noqa: F401 - registers the wildcard lookups
 from .models import Instance, Patient, Series, Study
 
 
-FIELDS = {
-    "PATIENT": {
-        "PatientID": "patient_id",
-        "PatientName": "patient_name",
-        "PatientBirthDate": "patient_birth_date",
-        "PatientSex": "patient_sex",
-    },
-    "STUDY": {
-        "StudyInstanceUID": "study_instance_uid",
-        "StudyDate": "study_date",
-        "StudyTime": "study_time",
-        "StudyID": "study_id",
-        "AccessionNumber": "accession_number",
-        "StudyDescription": "study_description",
-        "ReferringPhysicianName": "referring_physician_name",
-        "ModalitiesInStudy": "modalities",
-    },
-    "SERIES": {
-        "SeriesInstanceUID": "series_instance_uid",
-        "Modality": "modality",
-        "SeriesNumber": "series_number",
-        "SeriesDescription": "series_description",
-        "SeriesDate": "series_date",
-        "BodyPartExamined": "body_part_examined",
-    },
-    "IMAGE": {
-        "SOPInstanceUID": "sop_instance_uid",
-        "SOPClassUID": "sop_class_uid",
-        "InstanceNumber": "instance_number",
-        "NumberOfFrames": "number_of_frames",
-        "ContentDate": "content_date",
-        "ContentTime": "content_time",
-        "Rows": "rows",
-        "Columns": "columns",
-    },
-}
+FIELDS = matchable_fields()  # per level, keyword → index field (dicom.attributes)
 MODELS = {"PATIENT": Patient, "STUDY": Study, "SERIES": Series, "IMAGE": Instance}
 _PARENT_PATH = {"STUDY": "patient", "SERIES": "study", "IMAGE": "series"}
-_INT_FIELDS = {"series_number", "instance_number", "number_of_frames", "rows", "columns"}
+_INT_FIELDS = NUMBER_FIELDS
 _CASE_INSENSITIVE = {"patient_name", "referring_physician_name"}
 
 
