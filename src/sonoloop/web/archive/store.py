@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from sonoloop.dicom import status
+from sonoloop.dicom.attributes import INDEXED
 from sonoloop.dicom.filestore import FileStore, new_key
 from sonoloop.dicom.instance import InstanceRecord, InvalidInstance, read_instance
 
@@ -95,13 +96,13 @@ _series_cache_lock = threading.Lock()
 _SERIES_CACHE_SIZE = 4096
 
 
+# what an instance says of its patient, study and series (dicom.attributes; ModalitiesInStudy
+# is the archive's own, kept up to date from the series)
+_PARENT_FIELDS = tuple(a.field for a in INDEXED if a.level != "IMAGE" and a.field != "modalities")
+
+
 def _parents_signature(r: InstanceRecord) -> tuple:
-    return (
-        r.patient_id, r.issuer_of_patient_id, r.patient_name, r.patient_birth_date, r.patient_sex,
-        r.study_instance_uid, r.study_date, r.study_time, r.study_id, r.accession_number, r.study_description,
-        r.referring_physician_name, r.series_instance_uid, r.modality, r.series_number, r.series_description,
-        r.series_date, r.body_part_examined,
-    )
+    return tuple(getattr(r, name) for name in _PARENT_FIELDS)
 
 
 def forget_cached_parents() -> None:
