@@ -53,3 +53,23 @@ def test_only_the_dicomnode_command_imports_the_dicom_node():
     importers = sorted(str(path.relative_to(root)) for path in (root / "web").rglob("*.py")
                        if any(name == "sonoloop.dicom.node" for name in _imports(path)))
     assert importers == ["web/archive/management/commands/dicomnode.py"]
+
+
+def _web_imports(app: str):
+    root = Path(sonoloop.__file__).parent / "web" / app
+    files = list(root.rglob("*.py"))
+    assert files
+    return [(path.relative_to(root.parent), name) for path in files for name in _imports(path)
+            if name.startswith("sonoloop.web")]
+
+
+def test_the_model_registry_sits_below_analysis_and_learning():
+    """Analysis asks the registry for the active model by a plain import; the registry knows
+    neither analysis nor the learning loop nor annotations (learning adds its scores through a signal)."""
+    allowed = ("sonoloop.web.registry", "sonoloop.web.accounts", "sonoloop.web.errors")
+    offenders = [f"{path} imports {name}" for path, name in _web_imports("registry")
+                 if name != "sonoloop.web" and not name.startswith(allowed)]
+    assert offenders == []
+    upward = [f"{path} imports {name}" for path, name in _web_imports("analysis")
+              if name.startswith(("sonoloop.web.learning", "sonoloop.web.annotations"))]
+    assert upward == []

@@ -15,7 +15,7 @@ from pydicom import dcmread
 from sonoloop.dicom import sr
 from sonoloop.dicom.seg import read_segmentation
 from sonoloop.ml.modelfolder import DEFAULT_MODEL
-from sonoloop.web.analysis import services
+from sonoloop.web.analysis import running, services
 from sonoloop.web.analysis.models import AnalysisJob, AnalysisResult
 from sonoloop.web.archive.models import Instance
 from sonoloop.web.archive.services import instance_path, instance_store
@@ -181,7 +181,7 @@ def test_a_job_run_again_after_a_crash_replaces_its_seg_and_sr_instead_of_orphan
     def killed(result):
         raise RuntimeError("the worker died here")
 
-    monkeypatch.setattr(services, "forwards_queue", killed)
+    monkeypatch.setattr(running, "forwards_queue", killed)
     assert services.job_run(job.pk) == AnalysisJob.FAILED
     assert not AnalysisResult.objects.exists()
     stored = {m: Instance.objects.filter(series__modality=m).count() for m in ("SEG", "SR")}
@@ -225,7 +225,7 @@ def test_a_measurement_that_breaks_keeps_the_segmentation_and_says_so(config, sa
 
 def test_a_model_that_cannot_be_loaded_fails_the_job_with_the_reason(config, samples, tmp_path):
     config(model=str(tmp_path / "no-such-model"))
-    services._model = None
+    running._model = None
     instance = store(samples["cine_30"])
     job = AnalysisJob.objects.get(instance=instance)
     assert services.job_run(job.pk) == AnalysisJob.FAILED

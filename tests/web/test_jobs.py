@@ -9,7 +9,8 @@ from django.utils import timezone
 from sonoloop.web import jobs
 from sonoloop.web.analysis.models import AnalysisJob
 from sonoloop.web.archive.services import instance_store
-from sonoloop.web.learning.models import ModelVersion, RetrainingJob
+from sonoloop.web.learning.models import RetrainingJob
+from sonoloop.web.registry.models import ModelVersion
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

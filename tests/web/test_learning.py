@@ -17,7 +17,9 @@ from sonoloop.web.analysis.models import AnalysisJob
 from sonoloop.web.annotations import services as annotations
 from sonoloop.web.archive.services import instance_path, instance_store
 from sonoloop.web.learning import services
-from sonoloop.web.learning.models import ModelDecision, ModelVersion, RetrainingJob
+from sonoloop.web.learning.models import RetrainingJob
+from sonoloop.web.registry import services as registry_services
+from sonoloop.web.registry.models import ModelDecision, ModelVersion
 from tests.web.conftest import user_with_role
 from tests.web.test_annotations import ai_labels, upload
 
@@ -62,7 +64,7 @@ def registry(config, camus_dir, tiny_models):
 
 def evaluated(*versions):
     """What the evaluation task queued at registration does on a worker."""
-    from sonoloop.web.learning.tasks import evaluate_task
+    from sonoloop.web.registry.tasks import evaluate_task
 
     for version in versions:
         evaluate_task.call(version.pk)
@@ -157,10 +159,10 @@ def test_rollback_puts_the_earlier_version_back_for_new_inference_jobs(registry,
     better = services.version_register(tiny_models["better"], origin=ModelVersion.IMPORTED)
     evaluated(registry, better)
     services.model_promote(better, ada)
-    assert analysis.active_model_folder() == Path(better.folder)
+    assert registry_services.active_model_folder() == Path(better.folder)
     decision = services.model_rollback(registry, ada)
     assert decision.action == ModelDecision.ROLLED_BACK and decision.previous == better
-    assert analysis.active_model_folder() == Path(registry.folder)
+    assert registry_services.active_model_folder() == Path(registry.folder)
 
     config(auto_analysis=True, inference_engine="fp32")
     instance = instance_store(samples["cine_30"].read_bytes()).instance
@@ -197,7 +199,7 @@ def test_only_admins_promote_roll_back_and_retrain(registry, tiny_models, approv
 
 def test_bad_requests_get_reasons_and_leave_no_version(registry, approved, config, settings):
     ada = admin()
-    with pytest.raises(services.LearningError, match="no model version 'nothing'"):
+    with pytest.raises(services.RegistryError, match="no model version 'nothing'"):
         services.retrain_create(ada, parent="nothing", name="x1", strategy="equal", enqueue=False)
     with pytest.raises(services.LearningError, match="unknown mixing strategy"):
         services.retrain_create(ada, parent="tiny-a", name="x1", strategy="half", enqueue=False)
@@ -216,7 +218,7 @@ def test_bad_requests_get_reasons_and_leave_no_version(registry, approved, confi
     assert ModelVersion.objects.get(is_active=True) == registry
 
     config(camus_dir="")
-    with pytest.raises(services.LearningError, match="SONOLOOP_CAMUS_DIR"):
+    with pytest.raises(services.RegistryError, match="SONOLOOP_CAMUS_DIR"):
         services.heldout_frames()
 
 

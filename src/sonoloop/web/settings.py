@@ -22,6 +22,7 @@ INSTALLED_APPS = [
     "sonoloop.web.accounts",
     "sonoloop.web.audit",
     "sonoloop.web.archive",
+    "sonoloop.web.registry",
     "sonoloop.web.analysis",
     "sonoloop.web.annotations",
     "sonoloop.web.learning",

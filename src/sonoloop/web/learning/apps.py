@@ -4,12 +4,11 @@ from django.apps import AppConfig
 class LearningConfig(AppConfig):
     name = "sonoloop.web.learning"
     label = "learning"
-    verbose_name = "Model versions, retraining and promotion"
+    verbose_name = "Retraining from expert annotations"
 
     def ready(self):
-        from sonoloop.web.analysis.services import MODEL_FOLDER_PROVIDERS
+        from sonoloop.web.registry.evaluation import version_evaluated
 
-        from .services import active_model_folder
+        from .services import annotated_dice_store
 
-        if active_model_folder not in MODEL_FOLDER_PROVIDERS:
-            MODEL_FOLDER_PROVIDERS.append(active_model_folder)
+        version_evaluated.connect(annotated_dice_store, dispatch_uid="learning-annotated-dice")

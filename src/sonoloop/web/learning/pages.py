@@ -13,8 +13,10 @@ from django.views.decorators.http import require_POST
 from sonoloop.ml.retrain import STRATEGIES
 from sonoloop.web.accounts.roles import has_role, role_required
 
+from sonoloop.web.registry.models import ModelDecision, ModelVersion
+
 from . import services
-from .models import ModelDecision, ModelVersion, RetrainingJob
+from .models import RetrainingJob
 from .plots import curves_svg
 
 
@@ -60,7 +62,7 @@ def _act(request, function, success: str):
         result = function()
     except services.NotAllowed as exc:
         messages.error(request, str(exc))
-    except services.LearningError as exc:
+    except services.RegistryError as exc:
         messages.error(request, str(exc))
     else:
         messages.success(request, success.format(result=result))

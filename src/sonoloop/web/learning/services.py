@@ -1,5 +1,8 @@
-"""The learning loop: register versions, retrain from approved annotations, evaluate on the
-locked held-out set, promote through the gate, roll back."""
+"""The learning loop: retraining runs from approved annotations mixed with the original data,
+their candidates registered in the model registry, and the AI-vs-expert agreement per version.
+
+The registry's own services (registering, promotion, rollback) are gathered here for the
+pages and commands that show both."""
 
 from __future__ import annotations
 
@@ -10,136 +13,41 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from sonoloop.ml.data import DataError, camus_frames, select
-from sonoloop.ml.modelfolder import ModelFolderError, read_description
-from sonoloop.web import errors, jobs
-from sonoloop.web.errors import BadRequest
+from sonoloop.ml.data import DataError, select
+from sonoloop.ml.modelfolder import ModelFolderError
+from sonoloop.web import jobs
 from sonoloop.web.accounts.roles import has_role
+from sonoloop.web.registry.evaluation import heldout_frames, original_frames, version_evaluate  # noqa: F401
+from sonoloop.web.registry.models import ModelDecision, ModelVersion  # noqa: F401
+from sonoloop.web.registry.services import (  # noqa: F401  (the registry's side of the pages and commands)
+    Conflict, NotAllowed, RegistryError, decision_summary, model_promote, model_rollback, registry_ensure,
+    shown_folder, version_get, version_register,
+)
 
-from .models import ModelDecision, ModelVersion, RetrainingJob
+from .models import RetrainingJob
 
 log = logging.getLogger("sonoloop.learning")
 TUNING_PATIENTS = 3  # original training patients held back to choose the best epoch of a retraining run
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class LearningError(BadRequest):
-    """A request the registry cannot carry out; the message says why (HTTP 400/409, CLI exit 2)."""
-
-
-class Conflict(LearningError, errors.Conflict):
-    """Not possible in the registry's present state (HTTP 409)."""
-
-    http_status = errors.Conflict.http_status
-
-
-class NotAllowed(errors.NotAllowed):
-    """The user's role does not allow it (HTTP 403)."""
+class LearningError(RegistryError):
+    """A retraining request that cannot be carried out; the message says why (HTTP 400, CLI exit 2)."""
 
 
 class Cancelled(Exception):
     """A retraining run stopped at a person's request."""
 
 
-# -- the registry ----------------------------------------------------------------------------
-
-
-def version_register(folder: Path, *, origin: str, parent: ModelVersion | None = None, user=None,
-                     active: bool = False) -> ModelVersion:
-    try:
-        description = read_description(folder)
-    except ModelFolderError as exc:
-        raise LearningError(str(exc)) from None
-    name = str(description.get("name") or Path(folder).name)
-    with transaction.atomic():
-        if ModelVersion.objects.filter(name=name).exists():
-            raise Conflict(f"a model version named {name!r} is already registered")
-        previous = ModelVersion.objects.filter(is_active=True).first()
-        if active and previous:
-            ModelVersion.objects.filter(pk=previous.pk).update(is_active=False)
-        version = ModelVersion.objects.create(name=name, folder=str(Path(folder).resolve()), parent=parent,
-                                              origin=origin, created_by=user, is_active=active)
-        ModelDecision.objects.create(version=version, previous=previous if active else None, user=user,
-                                     action=ModelDecision.REGISTERED,
-                                     reason="registered and made active" if active else "registered as a candidate")
-        evaluation_queue(version)
-    return version
-
-
-def evaluation_queue(version: ModelVersion) -> bool:
-    """Queue the held-out evaluation of ``version`` (a task, never in a request); False when no
-    held-out set is configured (SONOLOOP_CAMUS_DIR)."""
-    if not settings.CONFIG.camus_dir:
-        return False
-    from .tasks import evaluate_task
-
-    transaction.on_commit(lambda: evaluate_task.enqueue(version.pk))
-    return True
-
-
-def registry_ensure() -> ModelVersion:
-    """The active version; on first use the configured model (SONOLOOP_MODEL) is registered as it."""
-    active = ModelVersion.objects.filter(is_active=True).first()
-    if active is not None:
-        return active
-    from sonoloop.ml.modelfolder import resolve_model
-
-    folder = resolve_model(settings.CONFIG.model).resolve()
-    existing = ModelVersion.objects.filter(folder=str(folder)).first()
-    if existing is not None:
-        ModelVersion.objects.filter(pk=existing.pk).update(is_active=True)
-        return ModelVersion.objects.get(pk=existing.pk)
-    try:
-        return version_register(folder, origin=ModelVersion.SHIPPED, active=True)
-    except (IntegrityError, Conflict):  # another process registered it at the same moment
-        return ModelVersion.objects.get(is_active=True)
-
-
-def active_model_folder() -> Path | None:
-    """For the analysis worker: the active version's folder (what segments arriving echoes).
-
-    None when nothing is registered and SONOLOOP_MODEL is no model folder: the worker then
-    fails the job with the loader's own message."""
-    try:
-        return Path(registry_ensure().folder)
-    except (ModelFolderError, LearningError):
-        return None
-
-
-def version_get(name: str) -> ModelVersion:
-    version = ModelVersion.objects.filter(name=name).first()
-    if version is None:
-        raise LearningError(f"there is no model version {name!r} (see `sonoloop manage models list`)")
-    if not (Path(version.folder) / "model.json").exists():
-        raise LearningError(f"model version {name!r} is registered but its folder {version.folder} is missing")
-    return version
-
-
 # -- data --------------------------------------------------------------------------------------
-
-
-def _camus() -> list:
-    root = settings.CONFIG.camus_dir
-    if not root:
-        raise LearningError("set SONOLOOP_CAMUS_DIR to the original training data (CAMUS frames or release): "
-                            "retraining mixes them in and the held-out set comes from them")
-    try:
-        return camus_frames(Path(root))
-    except DataError as exc:
-        raise LearningError(f"SONOLOOP_CAMUS_DIR: {exc}") from None
-
-
-def heldout_frames() -> list:
-    """The locked held-out set: CAMUS validation patients, never trained on by retraining runs."""
-    return select(_camus(), "validation")
 
 
 def training_pool() -> tuple[list, list]:
     """(originals to mix in, tuning frames): CAMUS training patients; the last few choose the best epoch."""
-    frames = select(_camus(), "training")
+    frames = select(original_frames(), "training")
     tuning_patients = sorted({f.patient for f in frames})[-TUNING_PATIENTS:]
     return ([f for f in frames if f.patient not in tuning_patients],
             [f for f in frames if f.patient in tuning_patients])
@@ -177,80 +85,17 @@ def annotated_frames(annotations) -> tuple[list, list[dict]]:
     return frames, provenance
 
 
-# -- evaluation and promotion ----------------------------------------------------------------
+# -- evaluation ------------------------------------------------------------------------------
 
 
-def version_evaluate(version: ModelVersion) -> ModelVersion:
-    """Held-out Dice (and Dice on the approved annotations), stored with the version."""
+def annotated_dice_store(sender, version: ModelVersion, segmenter, **kwargs) -> None:
+    """After a version's held-out evaluation: its Dice on the approved annotations too."""
     from sonoloop.ml.evaluate import mean_dice
-    from sonoloop.ml.infer import Segmenter
     from sonoloop.web.annotations.services import approved_annotations
 
-    segmenter = Segmenter(Path(version.folder), engine="fp32")
-    heldout = mean_dice(segmenter, heldout_frames())
     annotated, _ = annotated_frames(approved_annotations())
-    scores = {"heldout_dice": heldout, "annotated_dice": mean_dice(segmenter, annotated) if annotated else {}}
-    ModelVersion.objects.filter(pk=version.pk).update(**scores, evaluated_at=timezone.now())
-    version.refresh_from_db()
-    return version
-
-
-def gate(candidate: dict, active: dict, margin: float) -> list[str]:
-    """Structures whose held-out Dice drops by more than ``margin``; empty means it may be promoted."""
-    return [f"{name}: {candidate.get(name, 0):.4f} against {score:.4f}" for name, score in active.items()
-            if candidate.get(name, 0) < score - margin]
-
-
-def _activate(version: ModelVersion) -> None:
-    with transaction.atomic():
-        ModelVersion.objects.filter(is_active=True).update(is_active=False)
-        ModelVersion.objects.filter(pk=version.pk).update(is_active=True)
-
-
-def model_promote(version: ModelVersion, user, force: bool = False, reason: str = "") -> ModelDecision:
-    """Make ``version`` active if it passes the gate (or ``force``, recorded); record the decision."""
-    if not has_role(user, "admin"):
-        raise NotAllowed("only an admin promotes a model version")
-    active = registry_ensure()
-    if version.pk == active.pk:
-        raise Conflict(f"{version.name} is already the active version")
-    for v in (version, active):
-        v.refresh_from_db()
-        if v.evaluated_at is None:  # the model never runs inside a request
-            queued = ("its evaluation was queued when it was registered; the Models page shows the numbers when "
-                      "it is done" if settings.CONFIG.camus_dir else "no held-out set is configured "
-                      "(SONOLOOP_CAMUS_DIR)")
-            raise Conflict(f"{v.name} has not been evaluated on the held-out set yet: {queued} "
-                           f"(or run `sonoloop manage models evaluate {v.name}`)")
-    margin = settings.CONFIG.promotion_margin
-    drops = gate(version.heldout_dice, active.heldout_dice, margin)
-    numbers = {"candidate": version.heldout_dice, "active": active.heldout_dice, "active_version": active.name,
-               "drops": drops}
-    if drops and not force:
-        decision = ModelDecision.objects.create(version=version, previous=active, action=ModelDecision.REJECTED,
-                                                user=user, margin=margin, numbers=numbers,
-                                                reason="held-out Dice dropped by more than the margin: " + "; ".join(drops))
-        return decision
-    _activate(version)
-    action = ModelDecision.FORCED if drops else ModelDecision.PROMOTED
-    log.warning("model %s %s by %s (was %s)", version.name, action, user, active.name)
-    return ModelDecision.objects.create(version=version, previous=active, action=action, user=user, margin=margin,
-                                        numbers=numbers, reason=reason or ("forced past the gate: " + "; ".join(drops)
-                                                                           if drops else "passed the gate"))
-
-
-def model_rollback(version: ModelVersion, user, reason: str = "") -> ModelDecision:
-    """Make an earlier version active again, without the gate; recorded."""
-    if not has_role(user, "admin"):
-        raise NotAllowed("only an admin rolls back the model")
-    active = registry_ensure()
-    if version.pk == active.pk:
-        raise Conflict(f"{version.name} is already the active version")
-    version = version_get(version.name)
-    _activate(version)
-    return ModelDecision.objects.create(version=version, previous=active, action=ModelDecision.ROLLED_BACK,
-                                        user=user, numbers={"active_version": active.name},
-                                        reason=reason or f"rolled back from {active.name}")
+    ModelVersion.objects.filter(pk=version.pk).update(
+        annotated_dice=mean_dice(segmenter, annotated) if annotated else {})
 
 
 def agreement_trend() -> dict[str, dict]:
@@ -372,7 +217,7 @@ def _retrain(job: RetrainingJob, progress_bar: bool) -> None:
         _finish(job, RetrainingJob.DONE, f"{version.name} registered as a candidate; promote it to use it")
     except Cancelled:
         _finish(job, RetrainingJob.CANCELLED, "cancelled during training; no version was written")
-    except (LearningError, RetrainError, ModelFolderError, DataError, OSError) as exc:
+    except (RegistryError, RetrainError, ModelFolderError, DataError, OSError) as exc:
         _finish(job, RetrainingJob.FAILED, str(exc))
     except Exception as exc:
         log.exception("retraining job %s failed", job.pk)
@@ -420,20 +265,3 @@ def version_summary(version: ModelVersion, trend: dict | None = None) -> dict:
         "evaluated_at": version.evaluated_at.isoformat() if version.evaluated_at else None,
         "folder": shown_folder(version.folder),
     }
-
-
-def shown_folder(folder: str) -> str:
-    """A version's folder as pages and the API show it: relative to the data folder, or just
-    its name — server paths are not for every viewer (security review #26)."""
-    path = Path(folder)
-    try:
-        return str(path.relative_to(settings.CONFIG.data_dir))
-    except ValueError:
-        return path.name
-
-
-def decision_summary(decision: ModelDecision) -> dict:
-    return {"version": decision.version.name, "action": decision.action, "at": decision.at.isoformat(),
-            "user": decision.user.get_username() if decision.user_id else None,
-            "previous": decision.previous.name if decision.previous_id else None, "margin": decision.margin,
-            "numbers": decision.numbers, "reason": decision.reason}

@@ -9,9 +9,10 @@ from django.views.decorators.http import require_http_methods
 
 from sonoloop.web.accounts.auth import api_login_required
 from sonoloop.web.errors import json_errors
+from sonoloop.web.registry.models import ModelDecision, ModelVersion
 
 from . import services
-from .models import ModelDecision, ModelVersion, RetrainingJob
+from .models import RetrainingJob
 
 
 def _body(request) -> dict:

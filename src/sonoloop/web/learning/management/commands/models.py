@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from sonoloop.web.learning import services
-from sonoloop.web.learning.models import ModelDecision, ModelVersion
+from sonoloop.web.registry.models import ModelDecision, ModelVersion
 
 
 class Command(BaseCommand):
@@ -33,7 +33,7 @@ class Command(BaseCommand):
             self._handle(action, options)
         except services.NotAllowed as exc:
             raise CommandError(str(exc)) from None
-        except services.LearningError as exc:
+        except services.RegistryError as exc:
             raise CommandError(str(exc)) from None
 
     def _handle(self, action, options):

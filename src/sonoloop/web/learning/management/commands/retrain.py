@@ -32,7 +32,7 @@ class Command(BaseCommand):
             job = services.retrain_create(user, parent=o["parent"], name=o["name"], strategy=o["strategy"],
                                           ratio=o["ratio"], epochs=o["epochs"], batch_size=o["batch_size"],
                                           learning_rate=o["lr"], augment=not o["no_augment"], enqueue=o["queue"])
-        except (services.LearningError, services.NotAllowed) as exc:
+        except (services.RegistryError, services.NotAllowed) as exc:
             raise CommandError(str(exc)) from None
         if o["queue"]:
             self.stdout.write(f"retraining run {job.pk} queued for a training worker")
