@@ -3,8 +3,8 @@ no side effects, so the web layer can implement it without importing the node.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +36,17 @@ class Destination:
     tls: bool = False  # C-MOVE sub-associations to it run over TLS
 
 
+@dataclass(frozen=True)
+class CommitmentOutcome:
+    """What the archive answers for one transaction: committed (class, instance) pairs and
+    (class, instance, Failure Reason) for the others."""
+
+    transaction_uid: str
+    committed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str, int]] = field(default_factory=list)
+    retrieve_ae: str = ""
+
+
 class Archive(Protocol):
     """What the node needs from the archive; the web app implements it."""
 
@@ -52,5 +63,14 @@ class Archive(Protocol):
     def locate(self, query: Query, *, calling_ae: str, address: str, how: str) -> list[Located]: ...
 
     def move_destination(self, ae_title: str) -> Destination | None: ...
+
+    def commitment_request(self, transaction_uid: str, references: list[tuple[str, str]], *, calling_ae: str,
+                           address: str) -> int:
+        """Record a storage commitment request (it must outlive a restart) and queue its report
+        on a new association; returns its id."""
+
+    def commitment_report_here(self, request_id: int, send: Callable[[CommitmentOutcome], int | None]) -> bool:
+        """Decide the request's outcome and hand it to ``send`` (the requester's association;
+        it returns the peer's status); True when it was delivered that way."""
 
     def association_ended(self) -> None: ...

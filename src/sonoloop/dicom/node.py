@@ -25,11 +25,12 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
-from . import status, tls
+from . import commitment, status, tls
 from .archive import Archive, Located, Permissions
 from .tuning import DUL_POLL_SECONDS
 from .filestore import StorageFull
@@ -166,6 +167,7 @@ class DicomNode:
         self.server = None
         self._per_host: dict[str, int] = {}
         self._per_host_lock = threading.Lock()
+        self._responses: dict[tuple[int, int], threading.Event] = {}  # N-ACTIONs awaiting their response
 
     def _build_ae(self) -> AE:
         s = self.settings
@@ -182,6 +184,8 @@ class DicomNode:
             ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         for model in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS):
             ae.add_supported_context(model, TRANSFER_SYNTAXES[:3])
+        # storage commitment: a requester that proposes the SCP role for itself gets it
+        ae.add_supported_context(StorageCommitmentPushModel, TRANSFER_SYNTAXES[:3], scu_role=True, scp_role=True)
         return ae
 
     def handlers(self) -> list:
@@ -191,6 +195,8 @@ class DicomNode:
             (evt.EVT_C_FIND, self.handle_find),
             (evt.EVT_C_GET, self.handle_get),
             (evt.EVT_C_MOVE, self.handle_move),
+            (evt.EVT_N_ACTION, self.handle_commitment),
+            (evt.EVT_DIMSE_SENT, self._message_sent),
             (evt.EVT_ESTABLISHED, self._established),
             (evt.EVT_DATA_RECV, self._count_received),
             (evt.EVT_DIMSE_RECV, self._message_received),
@@ -337,6 +343,56 @@ class DicomNode:
         except Exception:
             log.exception("C-STORE from %s failed while storing SOP Instance %s", calling_ae, sop_uid)
             return status.OUT_OF_RESOURCES
+
+    def handle_commitment(self, event) -> tuple[int, None]:
+        """Storage Commitment Push Model N-ACTION: the request is recorded (and its report on
+        a new association queued) before it is acknowledged; the report then goes out on
+        this association if the requester keeps it open."""
+        calling_ae, address = _peer(event)
+        request = event.request
+        if not self._permissions(event).store:
+            log.warning("storage commitment refused: %s at %s may not store", calling_ae, address)
+            return status.NOT_AUTHORIZED, None
+        if request.RequestedSOPClassUID != StorageCommitmentPushModel:
+            return status.SOP_CLASS_NOT_SUPPORTED, None
+        try:
+            transaction_uid, references = commitment.read_request(request.ActionTypeID, event.action_information)
+        except commitment.CommitmentRequestError as exc:
+            log.error("storage commitment from %s (%s) refused: %s", calling_ae, address, exc)
+            return exc.status, None
+        except Exception as exc:  # the Action Information does not decode
+            log.error("storage commitment from %s (%s) refused: %s", calling_ae, address, exc)
+            return status.INVALID_ARGUMENT, None
+        try:
+            request_id = self.archive.commitment_request(transaction_uid, references, calling_ae=calling_ae,
+                                                         address=address)
+        except Exception:
+            log.exception("storage commitment %s from %s could not be recorded", transaction_uid, calling_ae)
+            return status.PROCESSING_FAILURE, None
+        sent = threading.Event()
+        self._responses[(id(event.assoc), request.MessageID)] = sent
+        threading.Thread(target=self._report_here, args=(event.assoc, request.MessageID, request_id, sent),
+                         name="commitment-report", daemon=True).start()
+        return status.SUCCESS, None
+
+    def _message_sent(self, event) -> None:
+        command = event.message.command_set
+        if command.CommandField == 0x8130:  # N-ACTION-RSP: the requester has its answer
+            sent = self._responses.pop((id(event.assoc), command.MessageIDBeingRespondedTo), None)
+            if sent is not None:
+                sent.set()
+
+    def _report_here(self, assoc, message_id: int, request_id: int, sent: threading.Event) -> None:
+        """After the N-ACTION response: the report on the same association, if it is still open;
+        otherwise (or if the requester does not take it there) the queued task sends it."""
+        answered = sent.wait(self.settings.dimse_timeout)
+        self._responses.pop((id(assoc), message_id), None)
+        if not answered or not assoc.is_established:
+            return
+        try:
+            self.archive.commitment_report_here(request_id, lambda outcome: commitment.send_on(assoc, outcome))
+        except Exception:
+            log.exception("storage commitment %s: the report on the requester's association failed", request_id)
 
     def _query(self, event, models: dict, service: str) -> Query | int:
         calling_ae, address = _peer(event)

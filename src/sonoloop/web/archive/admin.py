@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import DicomPeer, Instance, Patient, Series, Study
+from .models import CommitmentRequest, DicomPeer, Instance, Patient, Series, Study
 
 
 @admin.register(DicomPeer)
@@ -44,4 +44,20 @@ class InstanceAdmin(NoDeleteHere):
     list_display = ("sop_instance_uid", "sop_class_uid", "number_of_frames", "transfer_syntax_uid", "received_at")
     search_fields = ("sop_instance_uid",)
     raw_id_fields = ("series",)
-    readonly_fields = ("file_key", "file_size", "received_at", "updated_at")
+    readonly_fields = ("file_key", "file_size", "sha256", "received_at", "updated_at")
+
+
+@admin.register(CommitmentRequest)
+class CommitmentRequestAdmin(admin.ModelAdmin):
+    """Storage commitment requests and how each was answered; written by the node only."""
+
+    list_display = ("transaction_uid", "calling_ae", "status", "delivery", "committed", "failed", "created_at",
+                    "reported_at")
+    list_filter = ("status", "delivery")
+    search_fields = ("transaction_uid", "calling_ae")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

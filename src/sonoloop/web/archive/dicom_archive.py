@@ -12,7 +12,7 @@ from sonoloop.dicom.query import Query
 
 from sonoloop.web.audit.services import Actor
 
-from . import services, trail
+from . import commitment, services, trail
 from .models import Instance
 
 
@@ -52,6 +52,30 @@ class DjangoArchive:
 
     def move_destination(self, ae_title: str) -> Destination | None:
         return services.move_destination(ae_title)
+
+    def commitment_request(self, transaction_uid: str, references: list[tuple[str, str]], *, calling_ae: str,
+                           address: str) -> int:
+        return commitment.commitment_request(transaction_uid, references, calling_ae, address).pk
+
+    def commitment_report_here(self, request_id: int, send) -> bool:
+        """Runs in a thread of its own (the node's, after the N-ACTION response is out)."""
+        try:
+            request = commitment.commitment_claim(request_id)
+            if request is None:
+                return False
+            outcome = commitment.commitment_outcome(request)
+            try:
+                answer = send(outcome)
+            except Exception as exc:  # released, aborted, or the requester cannot take it here
+                commitment.commitment_release(request, f"on the requester's association: {exc}")
+                return False
+            if answer != status.SUCCESS:
+                commitment.commitment_release(request, f"the requester answered {answer} on its association")
+                return False
+            commitment.commitment_reported(request, outcome, "same association")
+            return True
+        finally:
+            connection.close()
 
     def association_ended(self) -> None:
         stored = self._stored()

@@ -81,6 +81,8 @@ class Instance(models.Model):
     content_time = models.CharField(max_length=16, blank=True)
     file_key = models.CharField(max_length=32, unique=True)
     file_size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64, blank=True,
+                              help_text="Digest of the stored file; storage commitment checks the bytes against it.")
     received_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     source_ae = models.CharField("received from", max_length=64, blank=True)
@@ -128,3 +130,34 @@ class DicomPeer(models.Model):
 
     def __str__(self):
         return f"{self.ae_title} @ {self.host}:{self.port}"
+
+
+class CommitmentRequest(models.Model):
+    """A Storage Commitment Push Model request (N-ACTION): kept until its report is delivered,
+    so that a restart answers it afterwards."""
+
+    PENDING, REPORTING, REPORTED, FAILED = "pending", "reporting", "reported", "failed"
+    STATUSES = [(s, s) for s in (PENDING, REPORTING, REPORTED, FAILED)]
+
+    transaction_uid = models.CharField("Transaction UID", max_length=64)
+    calling_ae = models.CharField("requested by", max_length=64)
+    address = models.CharField(max_length=255, blank=True)
+    references = models.JSONField(help_text="[[SOP Class UID, SOP Instance UID], …] as requested")
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING, db_index=True)
+    delivery = models.CharField(max_length=20, blank=True, help_text="same association or new association")
+    committed = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    failures = models.JSONField(default=list, help_text="[[SOP Class UID, SOP Instance UID, Failure Reason], …]")
+    attempts = models.IntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["calling_ae", "transaction_uid"],
+                                               name="one_request_per_transaction")]
+
+    def __str__(self):
+        return f"{self.transaction_uid} from {self.calling_ae}"

@@ -4,6 +4,7 @@ device sends) and the re-send policy; deleting."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -227,6 +228,7 @@ def _index(record: InstanceRecord, file_key: str, file_size: int, sender: Sender
         "content_time": r.content_time,
         "file_key": file_key,
         "file_size": file_size,
+        "sha256": hashlib.sha256(raw).hexdigest(),
         "source_ae": sender.name[:64],
         "source_host": sender.host[:255],
     }
