@@ -6,7 +6,6 @@ speaks the protocol. No Django."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 
 from pydicom.dataset import Dataset
@@ -16,7 +15,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPu
 
 from . import status
 from .archive import CommitmentOutcome
-from .send import Peer, SendError
+from .send import Peer, SendError, open_association
 
 ACTION_REQUEST_COMMITMENT = 1  # the only Action Type ID of the Push Model
 EVENT_ALL_SUCCEEDED, EVENT_SOME_FAILED = 1, 2
@@ -96,16 +95,8 @@ def send_report(outcome: CommitmentOutcome, peer: Peer, calling_ae: str, timeout
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(StorageCommitmentPushModel)
-    try:
-        socket.create_connection((peer.host, peer.port), timeout=timeout).close()
-    except OSError as exc:
-        raise SendError(f"cannot connect to {peer.ae_title} at {peer.host}:{peer.port}: {exc}") from None
-    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                               ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
-                               tls_args=(tls_context, peer.host) if tls_context else None)
-    if not association.is_established:
-        raise SendError(f"{peer.ae_title} at {peer.host}:{peer.port} did not accept an association for the "
-                        "storage commitment report")
+    association = open_association(ae, peer, tls_context, timeout, "the Storage Commitment Push Model",
+                                   ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
     try:
         if not association.accepted_contexts:
             raise SendError(f"{peer.ae_title} accepts no Storage Commitment Push Model context")

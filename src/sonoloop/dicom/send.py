@@ -23,6 +23,29 @@ class Peer:
     port: int
 
 
+def open_association(ae: AE, peer: Peer, tls_context: ssl.SSLContext | None, timeout: float, what: str,
+                     ext_neg: list | None = None):
+    """An established association to ``peer`` from ``ae``; SendError saying why there is none."""
+    try:  # pynetdicom reports a refused connection as an aborted association; tell them apart
+        socket.create_connection((peer.host, peer.port), timeout=timeout).close()
+    except OSError as exc:
+        raise SendError(f"cannot connect to {peer.ae_title} at {peer.host}:{peer.port}: {exc}") from None
+    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=ext_neg,
+                               tls_args=(tls_context, peer.host) if tls_context else None)
+    if not association.is_established:
+        if association.is_rejected:
+            reason = "rejected the association (is Sonoloop's AE title known there?)"
+        elif association.is_aborted:
+            reason = (f"aborted the association request (it may accept no presentation context for "
+                      f"{what})")
+        else:
+            reason = "did not answer the association request"
+        if tls_context:
+            reason += " (over TLS: is its certificate valid for that host and signed by the CA Sonoloop trusts?)"
+        raise SendError(f"{peer.ae_title} at {peer.host}:{peer.port} {reason}")
+    return association
+
+
 def send_file(path: Path, peer: Peer, calling_ae: str, timeout: float = 30,
               tls_context: ssl.SSLContext | None = None) -> None:
     """C-STORE one DICOM file in its own transfer syntax (or Explicit VR Little Endian when the
@@ -36,23 +59,7 @@ def send_file(path: Path, peer: Peer, calling_ae: str, timeout: float = 30,
     syntaxes = [syntax] if syntax.is_compressed else list(dict.fromkeys([syntax, ExplicitVRLittleEndian,
                                                                          ImplicitVRLittleEndian]))
     ae.add_requested_context(dataset.SOPClassUID, syntaxes)
-    try:  # pynetdicom reports a refused connection as an aborted association; tell them apart
-        socket.create_connection((peer.host, peer.port), timeout=timeout).close()
-    except OSError as exc:
-        raise SendError(f"cannot connect to {peer.ae_title} at {peer.host}:{peer.port}: {exc}") from None
-    association = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                               tls_args=(tls_context, peer.host) if tls_context else None)
-    if not association.is_established:
-        if association.is_rejected:
-            reason = "rejected the association (is Sonoloop's AE title known there?)"
-        elif association.is_aborted:
-            reason = (f"aborted the association request (it may accept no presentation context for "
-                      f"{dataset.SOPClassUID.name})")
-        else:
-            reason = "did not answer the association request"
-        if tls_context:
-            reason += " (over TLS: is its certificate valid for that host and signed by the CA Sonoloop trusts?)"
-        raise SendError(f"{peer.ae_title} at {peer.host}:{peer.port} {reason}")
+    association = open_association(ae, peer, tls_context, timeout, what=dataset.SOPClassUID.name)
     try:
         if not association.accepted_contexts:
             raise SendError(f"{peer.ae_title} accepts no presentation context for {dataset.SOPClassUID.name}")
