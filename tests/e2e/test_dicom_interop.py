@@ -484,3 +484,33 @@ def test_a_client_certificate_speaks_only_for_its_own_peer_and_c_move_goes_out_o
     finally:
         scp.shutdown()
         assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("key, retired", [
+    ("us_native", "1.2.840.10008.5.1.4.1.1.6"),  # Ultrasound Image Storage (Retired)
+    ("cine_30", "1.2.840.10008.5.1.4.1.1.3"),  # Ultrasound Multi-frame Image Storage (Retired)
+])
+def test_retired_ultrasound_classes_are_stored_in_explicit_vr_little_endian(server, loaded, samples, tmp_path,
+                                                                            key, retired):
+    """Old echo machines still send the retired classes. dcmtk's storescu proposes them only
+    with -R (its default context list lacks them); with -xe it offers Explicit VR Little
+    Endian alone. The node used to accept the context and then abort the association."""
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(samples[key])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = retired
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID = "RETIRED1"
+    path = tmp_path / "retired.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    native = ds.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    result = subprocess.run(["storescu", "-v", "-R", "-xe" if native else PROPOSE[ds.file_meta.TransferSyntaxUID],
+                             "-aec", server.ae_title, "127.0.0.1", str(server.dicom_port), str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "E:" not in result.stderr, result.stderr
+    assert "Received Store Response (Success)" in result.stderr, result.stderr
+    found = findscu(server, "-S", ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={ds.StudyInstanceUID}",
+                                   f"SeriesInstanceUID={ds.SeriesInstanceUID}", "SOPInstanceUID", "SOPClassUID"],
+                    tmp_path)
+    assert [(f.SOPInstanceUID, f.SOPClassUID) for f in found] == [(ds.SOPInstanceUID, retired)]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt, sop_class
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -65,6 +66,18 @@ RETIRED_ULTRASOUND = {
 }
 
 STORAGE_SOP_CLASSES = sorted({c.abstract_syntax for c in AllStoragePresentationContexts} | set(RETIRED_ULTRASOUND.values()))
+
+
+def register_retired_storage() -> None:
+    """Teach pynetdicom that the retired ultrasound classes are storage classes.
+
+    pynetdicom accepts their presentation contexts but has no service class for them and
+    aborts the association on the first C-STORE ("No supported service class"). Called
+    when a node is built, not on import; registering again is harmless.
+    """
+    for keyword, uid in RETIRED_ULTRASOUND.items():
+        if sop_class.uid_to_service_class(uid) is not StorageServiceClass:
+            sop_class.register_uid(uid, keyword, StorageServiceClass)
 
 FIND_MODELS = {
     PatientRootQueryRetrieveInformationModelFind: "PATIENT",
@@ -171,6 +184,7 @@ class DicomNode:
 
     def _build_ae(self) -> AE:
         s = self.settings
+        register_retired_storage()
         ae = AE(ae_title=s.ae_title)
         ae.maximum_associations = s.max_associations
         ae.acse_timeout = s.acse_timeout
