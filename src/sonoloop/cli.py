@@ -60,20 +60,11 @@ def cmd_manage(args: argparse.Namespace) -> int:
     return _django(args.rest)
 
 
-def cmd_peer(args: argparse.Namespace) -> int:
-    return _django(["peer", *args.rest])
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    return _django(["jobs", *args.rest])
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    return _django(["models", *args.rest])
-
-
-def cmd_retrain(args: argparse.Namespace) -> int:
-    return _django(["retrain", *args.rest])
+def _passthrough(sub, name: str, help: str) -> None:
+    """A subcommand that is a Django management command of the same name, its arguments passed on."""
+    parser = sub.add_parser(name, help=help, add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=lambda args: _django([name, *args.rest]))
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -126,28 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     manage.add_argument("rest", nargs=argparse.REMAINDER)
     manage.set_defaults(func=cmd_manage)
 
-    peer = sub.add_parser(
-        "peer", help="DICOM peers: add AE --host H --port P [--store] [--query] [--move-destination] | list | remove AE",
-        add_help=False,
-    )
-    peer.add_argument("rest", nargs=argparse.REMAINDER)
-    peer.set_defaults(func=cmd_peer)
-
-    jobs = sub.add_parser("jobs", help="analysis jobs: list [--status S] [--instance UID] | retry ID",
-                          add_help=False)
-    jobs.add_argument("rest", nargs=argparse.REMAINDER)
-    jobs.set_defaults(func=cmd_jobs)
-
-    models = sub.add_parser("models", help="model versions: list | evaluate V | promote V --as ADMIN [--force] | "
-                                           "rollback V --as ADMIN | register FOLDER", add_help=False)
-    models.add_argument("rest", nargs=argparse.REMAINDER)
-    models.set_defaults(func=cmd_models)
-
-    retrain = sub.add_parser("retrain", help="fine-tune a version on approved annotations: --parent V --name N "
-                                             "--strategy S --as ADMIN [--epochs --batch-size --lr --queue]",
-                             add_help=False)
-    retrain.add_argument("rest", nargs=argparse.REMAINDER)
-    retrain.set_defaults(func=cmd_retrain)
+    _passthrough(sub, "peer", "DICOM peers: add AE --host H --port P [--store] [--query] [--move-destination] | "
+                              "list | remove AE")
+    _passthrough(sub, "delete", "delete stored images with their results: --study UID | --series UID | "
+                                "--instance UID --reason TEXT")
+    _passthrough(sub, "export", "a de-identified dataset: --study UID … | --approved, --out DIR [--keep-dates]")
+    _passthrough(sub, "jobs", "analysis jobs: list [--status S] [--instance UID] | retry ID")
+    _passthrough(sub, "models", "model versions: list | evaluate V | promote V --as ADMIN [--force] | "
+                                "rollback V --as ADMIN | register FOLDER")
+    _passthrough(sub, "retrain", "fine-tune a version on approved annotations: --parent V --name N "
+                                 "--strategy S --as ADMIN [--epochs --batch-size --lr --queue]")
 
     experiment = sub.add_parser("experiment", help="reproduce the paper's retraining experiments: paper --out DIR")
     experiment.add_argument("which", choices=["paper"])

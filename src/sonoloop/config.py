@@ -105,6 +105,8 @@ class Config:
     max_pdu: int = 0  # 0 = unlimited, what most archives accept
     max_instance_mb: int = 2048
     max_decoded_mb: int = 4096  # an image whose pixels decode to more is refused (decompression bombs)
+    storage_quota_mb: int = 0  # stored instances may not exceed this in all (0: no quota)
+    min_free_mb: int = 256  # an instance that would leave less free disk than this is refused
     duplicate_policy: str = "replace"
     sqlite_synchronous: str = "FULL"  # or NORMAL: faster commits, the last ones lost on a power cut
     tls_cert: str = ""
@@ -163,6 +165,8 @@ class Config:
             max_pdu=_env_int(env, "SONOLOOP_DICOM_MAX_PDU", 0, 0),
             max_instance_mb=_env_int(env, "SONOLOOP_MAX_INSTANCE_MB", 2048, 1),
             max_decoded_mb=_env_int(env, "SONOLOOP_MAX_DECODED_MB", 4096, 1),
+            storage_quota_mb=_env_int(env, "SONOLOOP_STORAGE_QUOTA_MB", 0, 0),
+            min_free_mb=_env_int(env, "SONOLOOP_MIN_FREE_MB", 256, 0),
             duplicate_policy=policy,
             sqlite_synchronous=synchronous,
             tls_cert=_env_str(env, "SONOLOOP_DICOM_TLS_CERT"),

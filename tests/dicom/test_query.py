@@ -1,7 +1,7 @@
 import pytest
 from pydicom.dataset import Dataset
 
-from sonoloop.dicom.query import QueryError, build_response, check_retrieve_keys, parse_identifier
+from sonoloop.dicom.query import Query, QueryError, build_response, check_retrieve_keys, parse_identifier
 
 
 def identifier(level, **keys):
@@ -70,3 +70,58 @@ def test_a_retrieve_must_name_what_it_retrieves(root, keys):
 ])
 def test_a_retrieve_that_names_its_objects_passes(root, keys):
     check_retrieve_keys(parse_identifier(identifier(**keys), root))
+
+
+@pytest.mark.parametrize("requested, name, answered", [
+    ((), "Buc^Jérôme", "ISO_IR 192"),  # none named: UTF-8
+    (("ISO_IR 100",), "Buc^Jérôme", "ISO_IR 100"),  # Latin-1 asked, Latin-1 answered
+    (("ISO_IR 100",), "Wang^XiaoDong=王^小東", "ISO_IR 192"),  # not writable in Latin-1
+    (("", "ISO 2022 IR 87"), "Yamada^Tarou=山田^太郎=やまだ^たろう", ["", "ISO 2022 IR 87"]),
+    (("GB18030",), "Wang^XiaoDong=王^小东", "GB18030"),
+    (("ISO_IR 6",), "Äneas^Rüdiger", "ISO_IR 192"),  # the default repertoire is ASCII only
+    (("ISO_IR 6",), "Smith^John", "ISO_IR 6"),
+    (("NOT A CHARSET",), "Smith^John", "ISO_IR 192"),
+])
+def test_a_find_response_is_written_in_the_requesters_character_set_when_it_can_be(requested, name, answered):
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_dataset
+
+    query = Query("PATIENT", "PATIENT", return_keys=["PatientName", "PatientID"], charsets=requested)
+    response = build_response(query, {"PatientName": name, "PatientID": "P1"})
+    assert response.SpecificCharacterSet == answered
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, response)  # as pynetdicom encodes it; read back, the name is the same
+    back = read_dataset(DicomBytesIO(buffer.getvalue()), True, True)
+    back.decode()
+    assert str(back.PatientName) == name
+
+
+@pytest.mark.parametrize("pattern, text, expected", [
+    ("Vivid*", "Vivid E95", True), ("*E9?", "Vivid E95", True), ("*E9?", "Vivid E9", False),
+    ("a*b*c", "aXbYc", True), ("a*b*c", "acb", False), ("*", "", True), ("?", "", False),
+    ("*a*a*a*a*a*a*a*a*b", "a" * 60, False),  # no exponential backtracking
+])
+def test_file_keys_use_a_linear_wildcard_match(pattern, text, expected):
+    from sonoloop.dicom.query import Match, value_matches
+
+    assert value_matches(Match("ManufacturerModelName", "wildcard", value=pattern), text) is expected
+
+
+def test_keys_the_index_lacks_are_matched_and_answered_from_the_files():
+    from sonoloop.dicom.query import Match, value_matches
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = ""
+    ds.PatientAge = "04*"  # not in the index
+    ds.InstitutionName = ""
+    ds.PatientName = "SMITH*"  # indexed
+    query = parse_identifier(ds, "STUDY")
+    assert [m.keyword for m in query.matches] == ["PatientName"]
+    assert [m.keyword for m in query.file_matches] == ["PatientAge"]
+    assert "InstitutionName" in query.file_keys and "PatientName" not in query.file_keys
+    assert value_matches(Match("OperatorsName", "single", value="doe^jane"), "Doe^Jane")  # PN ignores case
+    assert not value_matches(Match("InstitutionName", "single", value="st mary"), "St Mary")
+    assert value_matches(Match("AcquisitionDate", "range", low="20200101", high="20201231"), "20200615")

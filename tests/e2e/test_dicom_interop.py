@@ -514,3 +514,75 @@ def test_retired_ultrasound_classes_are_stored_in_explicit_vr_little_endian(serv
                                    f"SeriesInstanceUID={ds.SeriesInstanceUID}", "SOPInstanceUID", "SOPClassUID"],
                     tmp_path)
     assert [(f.SOPInstanceUID, f.SOPClassUID) for f in found] == [(ds.SOPInstanceUID, retired)]
+
+
+def test_a_rejection_note_sent_by_storescu_hides_the_image_from_findscu(server, loaded, samples, tmp_path):
+    """IOCM: the device that sent an image rejects it with a Key Object Selection document
+    (written by highdicom, sent by dcmtk); C-FIND no longer finds it, another device cannot."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(samples["us_native"])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    image = tmp_path / "image.dcm"
+    ds.save_as(image, enforce_file_format=True)
+    assert storescu(server, image, aet="ECHOCART").returncode == 0
+    kos = hd.ko.KeyObjectSelectionDocument(
+        evidence=[ds], content=hd.ko.KeyObjectSelection(document_title=codes.DCM.RejectedForQualityReasons,
+                                                        referenced_objects=[ds]),
+        series_instance_uid=generate_uid(), series_number=99, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="Test")
+    note = tmp_path / "note.dcm"
+    kos.save_as(note, enforce_file_format=True)
+    keys = ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={ds.StudyInstanceUID}", "SeriesInstanceUID",
+            "SOPInstanceUID"]
+
+    intruder = storescu(server, note, aet="INTRUDER")
+    assert "Status: 0x124" in intruder.stderr, intruder.stderr  # 0124 Refused: not authorized
+    assert ds.SOPInstanceUID in {f.SOPInstanceUID for f in findscu(server, "-S", keys, tmp_path)}
+
+    sent = storescu(server, note, aet="ECHOCART")
+    assert sent.returncode == 0 and "Received Store Response (Success)" in sent.stderr, sent.stderr
+    assert {f.SOPInstanceUID for f in findscu(server, "-S", keys, tmp_path)} == {kos.SOPInstanceUID}
+
+
+def test_names_in_every_character_set_are_stored_decoded_and_found_in_the_requesters_own(server, loaded, tmp_path):
+    """pydicom's real files in Latin-1, Greek, Japanese (ISO 2022), Korean, UTF-8 and GB18030,
+    stored with storescu; pynetdicom asks in its own character set and reads the names back."""
+    from pydicom.data import get_charset_files
+    from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
+
+    names = {}
+    for name in ("chrGerm.dcm", "chrGreek.dcm", "chrH31.dcm", "chrI2.dcm", "chrX1.dcm", "chrX2.dcm"):
+        (path,) = get_charset_files(name)
+        ds = dcmread(path)
+        ds.PatientID = f"CHR-{name[3:-4]}"
+        copy = tmp_path / name
+        ds.save_as(copy, enforce_file_format=True)
+        sent = storescu(server, copy)
+        assert sent.returncode == 0 and "E:" not in sent.stderr, sent.stderr
+        names[ds.PatientID] = str(ds.PatientName)
+
+    def find(name: str, charsets) -> list[tuple[str, object]]:
+        query = Dataset()
+        query.SpecificCharacterSet = charsets
+        query.QueryRetrieveLevel = "PATIENT"
+        query.PatientName = name
+        query.PatientID = ""
+        ae = AE(ae_title="QRSCU")
+        ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.ae_title)
+        try:
+            return [(str(ds.PatientName), ds.SpecificCharacterSet) for status, ds in
+                    assoc.send_c_find(query, PatientRootQueryRetrieveInformationModelFind) if ds is not None]
+        finally:
+            assoc.release()
+
+    assert find("äneas*", "ISO_IR 100") == [(names["CHR-Germ"], "ISO_IR 100")]  # names ignore (ASCII) case
+    assert find("Yamada*", ["", "ISO 2022 IR 87"]) == [(names["CHR-H31"], ["", "ISO 2022 IR 87"])]
+    assert find("*山田*", ["", "ISO 2022 IR 87"]) == [(names["CHR-H31"], ["", "ISO 2022 IR 87"])]
+    assert sorted(find("Wang*", "GB18030")) == sorted([(names["CHR-X1"], "GB18030"), (names["CHR-X2"], "GB18030")])
+    assert find("Hong*", "ISO_IR 100") == [(names["CHR-I2"], "ISO_IR 192")]  # Hangul is not Latin-1: UTF-8
+    assert find("Διονυσιος", "ISO_IR 126") == [(names["CHR-Greek"], "ISO_IR 126")]

@@ -129,8 +129,11 @@ def test_patients_are_their_id_and_issuer_and_blank_ids_never_merge(config, samp
 def test_dicom_wildcards_match_like_ps34_without_a_regular_expression(config, samples):
     config(auto_analysis=False)
     services.instance_store(samples["us_rle_palette"].read_bytes())  # a US series
-    Patient.objects.bulk_create([Patient(patient_id=f"W{n}", patient_name=name) for n, name in
-                                 enumerate(["A_B^C", "AXB^C", "100%^Sure", "Smith^[J]"])])
+    for n, name in enumerate(["A_B^C", "AXB^C", "100%^Sure", "Smith^[J]"]):  # patients are listed with images
+        services.instance_store(file_bytes(samples["us_native"], PatientID=f"W{n}", PatientName=name,
+                                           StudyInstanceUID=f"1.2.826.0.1.3680043.8.498.77{n}",
+                                           SeriesInstanceUID=f"1.2.826.0.1.3680043.8.498.78{n}",
+                                           SOPInstanceUID=f"1.2.826.0.1.3680043.8.498.79{n}"))
 
     def names(pattern):
         query = Query("PATIENT", "PATIENT", [match_for("PatientName", pattern)])

@@ -111,6 +111,29 @@ def test_a_full_disk_indexes_nothing(config, samples, settings, monkeypatch):
     assert Instance.objects.count() == 0
 
 
+def test_a_storage_quota_and_a_free_space_floor_refuse_with_a_message_and_keep_what_is_stored(
+        config, samples, monkeypatch):
+    import collections
+    import shutil
+
+    first = services.instance_store(samples["us_native"].read_bytes()).instance
+    room = first.file_size + samples["us_j2k"].stat().st_size
+    config(storage_quota_mb=2, auto_analysis=False)
+    assert room < 2 * 2**20 < room + samples["cine_jpeg"].stat().st_size  # both fit in 2 MB; the cine does not
+    services.instance_store(samples["us_j2k"].read_bytes())
+    with pytest.raises(store.QuotaExceeded, match="SONOLOOP_STORAGE_QUOTA_MB=2") as refused:
+        services.instance_store(samples["cine_jpeg"].read_bytes())
+    assert refused.value.status == 0xA700
+    config(storage_quota_mb=0, min_free_mb=100)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - 50 * 2**20, 50 * 2**20))
+    with pytest.raises(services.StorageFull, match="SONOLOOP_MIN_FREE_MB=100") as full:
+        services.instance_store(samples["us_rle_palette"].read_bytes())
+    assert full.value.status == 0xA701
+    assert Instance.objects.count() == 2 and all(services.instance_path(i).exists() for i in Instance.objects.all())
+    assert sum(1 for _ in services.filestore().root.rglob("*.dcm")) == 2  # nothing half-written left
+
+
 def test_archive_check_indexes_lost_rows_again_and_never_deletes_a_file(config, samples, settings):
     kept = services.instance_store(samples["us_j2k"].read_bytes()).instance
     lost = services.instance_store(samples["us_rle_palette"].read_bytes()).instance
@@ -181,3 +204,32 @@ def test_the_index_models_have_every_field_of_the_attribute_table():
     for attribute in INDEXED:
         names = {f.name for f in MODELS[attribute.level]._meta.get_fields()}
         assert attribute.field in names, f"{attribute.keyword}: {MODELS[attribute.level].__name__}.{attribute.field}"
+
+
+def test_keys_outside_the_index_are_matched_and_answered_from_the_stored_files(config, samples):
+    from django.test import Client
+
+    from tests.web.conftest import user_with_role
+
+    config(auto_analysis=False)
+    for key in ("us_native", "us_rle_palette", "cine_30"):
+        services.instance_store(samples[key].read_bytes())
+    query = parse_identifier(_identifier("STUDY", ManufacturerModelName="CX*", InstitutionName="", StudyInstanceUID=""),
+                             "STUDY")
+    (found,) = services.query_records(query)
+    assert found["InstitutionName"] == "Philips Healthcare"
+    query = parse_identifier(_identifier("IMAGE", Manufacturer="*Systems", SOPInstanceUID=""), "STUDY")
+    assert len(list(services.query_records(query))) == 2  # GE and Philips, not SonoSite
+    assert len(list(services.query_records(query, limit=1, offset=1))) == 1  # paging after the file match
+    client = Client()
+    client.force_login(user_with_role("v", "viewer"))
+    qido = client.get("/dicomweb/studies", {"ManufacturerModelName": "Turbo", "includefield": "InstitutionName"}).json()
+    assert len(qido) == 1 and qido[0]["00080080"] == {"vr": "LO"}  # present in the request, empty in that file
+
+
+def _identifier(level, **keys) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds

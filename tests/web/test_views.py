@@ -140,3 +140,19 @@ def test_stow_to_a_study_refuses_an_instance_of_another_study(client, user, conf
     failed = json.loads(response.content)["00081198"]["Value"][0]
     assert failed["00081197"]["Value"][0] == 0xA900
     assert Instance.objects.count() == 0
+
+
+def test_names_from_any_character_set_are_stored_decoded_shown_formatted_and_searched(config):
+    """pydicom's real files in Latin-1 and in Japanese (ISO 2022 IR 87, three name groups)."""
+    from pydicom.data import get_charset_files
+
+    config(auto_analysis=False)
+    for name in ("chrFren.dcm", "chrH31.dcm"):
+        services.instance_store(open(get_charset_files(name)[0], "rb").read())
+    client = Client()
+    client.force_login(user_with_role("viewer1", "viewer"))
+    page = client.get("/studies/").content.decode()
+    assert "Buc, Jérôme" in page and "Yamada, Tarou (山田 太郎; やまだ たろう)" in page
+    assert "Buc^J" not in page
+    found = client.get("/studies/", {"q": "山田"}).content.decode()
+    assert "Yamada, Tarou" in found and "Buc, Jérôme" not in found

@@ -19,7 +19,10 @@ _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 class StorageFull(OSError):
-    """The disk (or quota) is full; the caller answers 'out of resources'."""
+    """The disk (or quota) is full; the caller answers 'out of resources' (A701 refused: out
+    of resources, or ``status``) with the message."""
+
+    status = 0xA701
 
 
 def new_key() -> str:

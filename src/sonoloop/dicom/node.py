@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt, sop_class
+from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom import sop_class as sop_classes
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (
@@ -76,8 +77,8 @@ def register_retired_storage() -> None:
     when a node is built, not on import; registering again is harmless.
     """
     for keyword, uid in RETIRED_ULTRASOUND.items():
-        if sop_class.uid_to_service_class(uid) is not StorageServiceClass:
-            sop_class.register_uid(uid, keyword, StorageServiceClass)
+        if sop_classes.uid_to_service_class(uid) is not StorageServiceClass:
+            sop_classes.register_uid(uid, keyword, StorageServiceClass)
 
 FIND_MODELS = {
     PatientRootQueryRetrieveInformationModelFind: "PATIENT",
@@ -351,9 +352,9 @@ class DicomNode:
         except InvalidInstance as exc:
             log.error("C-STORE from %s (%s) rejected: SOP Instance %s: %s", calling_ae, address, exc.sop_instance_uid or sop_uid, exc)
             return exc.status
-        except StorageFull:
-            log.error("C-STORE from %s failed: disk full while storing SOP Instance %s", calling_ae, sop_uid)
-            return status.DISK_FULL
+        except StorageFull as exc:
+            log.error("C-STORE from %s refused: SOP Instance %s: %s", calling_ae, sop_uid, exc.strerror or exc)
+            return exc.status
         except Exception:
             log.exception("C-STORE from %s failed while storing SOP Instance %s", calling_ae, sop_uid)
             return status.OUT_OF_RESOURCES

@@ -7,8 +7,10 @@ The archive turns a :class:`Query` into a database query; this module knows DICO
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
+from pydicom.charset import convert_encodings, decode_bytes, encode_string
 from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -28,6 +30,13 @@ _RANGE_VRS = {"DA", "TM", "DT"}
 MAX_WILDCARD_LENGTH = 200
 MAX_STARS = 16
 _META_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "TimezoneOffsetFromUTC"}
+_INDEXED_ANYWHERE = frozenset(k for keys in MATCHABLE.values() for k in keys)
+_COMPUTED = frozenset({  # answered by the archive itself, not read from a file
+    "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances",
+    "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "NumberOfSeriesRelatedInstances",
+    "AvailableTransferSyntaxUID", "RetrieveAETitle", "IssuerOfPatientID", "PhotometricInterpretation",
+    "ModalitiesInStudy", "InstanceAvailability",
+})
 
 
 class QueryError(ValueError):
@@ -50,6 +59,20 @@ class Query:
     root: str  # "PATIENT" or "STUDY"
     matches: list[Match] = field(default_factory=list)
     return_keys: list[str] = field(default_factory=list)
+    charsets: tuple[str, ...] = ()  # the request's Specific Character Set
+    file_matches: list[Match] = field(default_factory=list)  # on keys the index lacks: read from the files
+
+    def add(self, match: Match) -> None:
+        """A matching key: the index answers it when it holds the attribute, else the files."""
+        if match.keyword in _INDEXED_ANYWHERE:
+            self.matches.append(match)
+        elif match.keyword not in _COMPUTED:
+            self.file_matches.append(match)
+
+    @property
+    def file_keys(self) -> list[str]:
+        """Requested keys that no level of the index holds: answered from a stored file."""
+        return [k for k in self.return_keys if k not in _INDEXED_ANYWHERE and k not in _COMPUTED]
 
 
 def match_for(keyword: str, raw: str) -> Match | None:
@@ -70,6 +93,40 @@ def match_for(keyword: str, raw: str) -> Match | None:
     return Match(keyword, "single", value=value)
 
 
+def _glob(pattern: str, text: str) -> bool:
+    """DICOM wildcard matching (``*``, ``?``) without regular expressions: the greedy
+    two-pointer walk, O(len(pattern) × len(text)) at worst, never exponential."""
+    p = t = 0
+    star, mark = -1, 0
+    while t < len(text):
+        if p < len(pattern) and pattern[p] in ("?", text[t]):
+            p, t = p + 1, t + 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, mark, p = p, t, p + 1
+        elif star >= 0:
+            p, mark = star + 1, mark + 1
+            t = mark
+        else:
+            return False
+    return all(c == "*" for c in pattern[p:])
+
+
+def value_matches(match: Match, value: str) -> bool:
+    """Whether a stored value matches (PS3.4 C.2.2.2), for keys answered from the files; person
+    names ignore case, as they do in the index."""
+    value = value.strip()
+    fold = dictionary_VR(tag_for_keyword(match.keyword)) == "PN"
+    if fold:
+        value = value.casefold()
+    if match.kind == "single":
+        return value == (match.value.casefold() if fold else match.value)
+    if match.kind == "wildcard":
+        return _glob(match.value.casefold() if fold else match.value, value)
+    if match.kind == "list":
+        return value in match.values
+    return bool(value) and (not match.low or value >= match.low) and (not match.high or value <= match.high + "\uffff")
+
+
 def _element_text(element) -> str:
     value = element.value
     if value is None:
@@ -86,7 +143,8 @@ def parse_identifier(identifier: Dataset, root: str) -> Query:
     if root == "STUDY" and level == "PATIENT":
         raise QueryError("the Study Root model has no PATIENT level")
     allowed_levels = LEVELS[: LEVELS.index(level) + 1]
-    query = Query(level=level, root=root)
+    charsets = identifier.get("SpecificCharacterSet") or ()
+    query = Query(level=level, root=root, charsets=(charsets,) if isinstance(charsets, str) else tuple(charsets))
     for element in identifier:
         keyword = element.keyword
         if not keyword or keyword in _META_KEYS:
@@ -96,6 +154,10 @@ def parse_identifier(identifier: Dataset, root: str) -> Query:
             continue
         home = next((lvl for lvl in allowed_levels if keyword in MATCHABLE[lvl]), None)
         if home is None:
+            if keyword not in _INDEXED_ANYWHERE:
+                match = match_for(keyword, _element_text(element))
+                if match is not None:
+                    query.add(match)
             continue
         match = match_for(keyword, _element_text(element))
         if match is not None:
@@ -121,10 +183,38 @@ def check_retrieve_keys(query: Query) -> None:
                              f"({'one value or a list' if level == query.level else 'one value'})")
 
 
-def build_response(query: Query, record: dict, charset: str = "ISO_IR 192") -> Dataset:
-    """The response identifier: every requested key, with a value where the record has one."""
+UTF8 = "ISO_IR 192"
+
+
+def _writable(value: str, charsets: tuple[str, ...]) -> bool:
+    if all(c.strip() in ("", "ISO_IR 6", "ISO 2022 IR 6") for c in charsets):
+        return value.isascii()  # the default repertoire
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warns and substitutes '?' for what it cannot encode
+        try:
+            encodings = convert_encodings(list(charsets))
+            return decode_bytes(encode_string(value, encodings), encodings, {"^", "="}) == value
+        except (UserWarning, LookupError, ValueError):
+            return False
+
+
+def response_charset(query: Query, values) -> str | list[str]:
+    """The Specific Character Set of a C-FIND response: the requester's own when every value
+    can be written in it, so that a Latin-1 or JIS workstation reads its names as it sent
+    them; otherwise (and when it named none) UTF-8, which holds every name."""
+    if not query.charsets or query.charsets == (UTF8,):
+        return UTF8
+    texts = [v for v in values if isinstance(v, str) and v]
+    if all(_writable(v, query.charsets) for v in texts):
+        return list(query.charsets) if len(query.charsets) > 1 else query.charsets[0]
+    return UTF8
+
+
+def build_response(query: Query, record: dict, charset: str | list[str] | None = None) -> Dataset:
+    """The response identifier: every requested key, with a value where the record has one,
+    in :func:`response_charset`'s character set unless ``charset`` says which."""
     ds = Dataset()
-    ds.SpecificCharacterSet = charset
+    ds.SpecificCharacterSet = charset or response_charset(query, (record.get(k) for k in query.return_keys))
     ds.QueryRetrieveLevel = query.level
     for keyword in query.return_keys:
         value = record.get(keyword)

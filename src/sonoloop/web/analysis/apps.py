@@ -7,12 +7,13 @@ class AnalysisConfig(AppConfig):
     verbose_name = "Automatic segmentation and measurements"
 
     def ready(self):
-        from sonoloop.web.archive.signals import instance_indexed, instance_replacing
+        from sonoloop.web.archive.signals import instance_indexed, instance_replacing, instances_removing
 
         from . import services
 
         instance_indexed.connect(services.on_instance_indexed, dispatch_uid="analysis-on-instance-indexed")
         instance_replacing.connect(services.on_instance_replacing, dispatch_uid="analysis-on-instance-replacing")
+        instances_removing.connect(services.on_instances_removing, dispatch_uid="analysis-on-instances-removing")
 
         from sonoloop.web.archive.panels import INSTANCE_API_SECTIONS, INSTANCE_PANELS, STUDY_PANELS
 

@@ -13,8 +13,10 @@ from django.utils import timezone
 from sonoloop.dicom.instance import sop_class_name
 from sonoloop.web import jobs
 from sonoloop.web.archive.models import Instance
+from sonoloop.web.archive.removal import Removing
 from sonoloop.web.errors import Conflict
 
+from .labels import results_store
 from .models import AnalysisJob, AnalysisResult
 
 log = logging.getLogger("sonoloop.analysis")
@@ -47,6 +49,24 @@ def on_instance_replacing(sender, instance: Instance, **kwargs) -> str | None:
     if AnalysisResult.objects.filter(instance=instance).exists():
         return "has AI results"
     return None
+
+
+def on_instances_removing(sender, instances: list[Instance], hiding: bool = False, **kwargs):
+    """Deleting images deletes the AI's results on them: their SEG and SR objects and label
+    maps; a result whose SEG or SR alone is deleted forgets it. Rejecting them hides the SEG
+    and SR too."""
+    removing = Removing()
+    pks = [i.pk for i in instances]
+    uids = [i.sop_instance_uid for i in instances]
+    for start in range(0, len(pks), 500):
+        for result in AnalysisResult.objects.filter(instance_id__in=pks[start: start + 500]):
+            removing.derived |= {uid for uid in (result.seg_sop_instance_uid, result.sr_sop_instance_uid) if uid}
+            removing.files.append(results_store().path(result.labels_key))
+        if hiding:
+            continue
+        AnalysisResult.objects.filter(seg_sop_instance_uid__in=uids[start: start + 500]).update(seg_sop_instance_uid="")
+        AnalysisResult.objects.filter(sr_sop_instance_uid__in=uids[start: start + 500]).update(sr_sop_instance_uid="")
+    return removing
 
 
 def job_create(instance: Instance, retry_of: AnalysisJob | None = None) -> AnalysisJob:

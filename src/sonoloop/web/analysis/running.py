@@ -17,6 +17,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from sonoloop.web import jobs
+from sonoloop.web.archive.models import Instance
 from sonoloop.web.registry import services as registry
 
 from .biplane import biplane_update
@@ -103,6 +104,8 @@ def _analyse(job: AnalysisJob) -> None:
     except FrameError as exc:
         raise AnalysisError(f"a frame cannot be segmented: {exc}") from None
     del frames
+    if not Instance.every.filter(pk=job.instance_id).exists():  # its SEG would bring the patient back
+        raise AnalysisError("the image was deleted while it was analysed; nothing is stored")
     _record(job, model, analysis, *_store_outputs(analysis))
 
 

@@ -7,7 +7,7 @@ from .forwarding import FORWARD_ATTEMPTS, FORWARD_FIRST_DELAY, forward_run, forw
 from .presenting import ejection_fraction_summary, forward_summary, job_summary, result_summary  # noqa: F401
 from .queue import (  # noqa: F401
     MAX_ATTEMPTS, ULTRASOUND_IMAGES, RetryError, job_create, job_retry, job_tasks, jobs_requeue_stale,
-    on_instance_indexed, on_instance_replacing, skip_reason,
+    on_instance_indexed, on_instance_replacing, on_instances_removing, skip_reason,
 )
 from .labels import result_labels, results_store  # noqa: F401
 from .running import ActiveModel, AnalysisError, active_model, job_run  # noqa: F401

@@ -7,11 +7,12 @@ class AnnotationsConfig(AppConfig):
     verbose_name = "Expert annotations"
 
     def ready(self):
-        from sonoloop.web.archive.signals import instance_replacing
+        from sonoloop.web.archive.signals import instance_replacing, instances_removing
 
-        from .services import on_instance_replacing
+        from .services import on_instance_replacing, on_instances_removing
 
         instance_replacing.connect(on_instance_replacing, dispatch_uid="annotations-on-instance-replacing")
+        instances_removing.connect(on_instances_removing, dispatch_uid="annotations-on-instances-removing")
         from sonoloop.web.archive.panels import INSTANCE_API_SECTIONS, INSTANCE_PANELS
 
         from . import views

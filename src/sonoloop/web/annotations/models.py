@@ -16,7 +16,13 @@ class Annotation(models.Model):
     DRAFT, SUBMITTED, APPROVED, WITHDRAWN = "draft", "submitted", "approved", "withdrawn"
     STATUSES = [(s, s) for s in (DRAFT, SUBMITTED, APPROVED, WITHDRAWN)]
 
-    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="annotations")
+    instance = models.ForeignKey(Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="annotations",
+                                 help_text="Empty once the image is deleted: the annotation stays as a record.")
+    sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, blank=True,
+                                        help_text="Of the annotated image, kept when the image is deleted.")
+    study_instance_uid = models.CharField(max_length=64, blank=True)
+    source_deleted_at = models.DateTimeField(null=True, blank=True,
+                                             help_text="When the annotated image was deleted from the archive.")
     version = models.PositiveIntegerField(help_text="1, 2, … per instance; a save never overwrites.")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
                                help_text="The version this one was edited from.")
@@ -39,7 +45,8 @@ class Annotation(models.Model):
         constraints = [models.UniqueConstraint(fields=["instance", "version"], name="one_annotation_per_version")]
 
     def __str__(self):
-        return f"annotation v{self.version} of {self.instance.sop_instance_uid} by {self.author}"
+        deleted = " (image deleted)" if self.source_deleted_at else ""
+        return f"annotation v{self.version} of {self.sop_instance_uid}{deleted} by {self.author}"
 
 
 class AnnotationEvent(models.Model):

@@ -19,6 +19,7 @@ from sonoloop.web.accounts.roles import has_role
 from sonoloop.web.analysis.models import AnalysisResult
 from sonoloop.web.analysis.services import result_labels
 from sonoloop.web.archive.models import Instance
+from sonoloop.web.archive.removal import Removing
 from sonoloop.web.audit.services import ACCESSED, Actor, audit_record
 from sonoloop.web.errors import Conflict
 
@@ -42,6 +43,24 @@ def on_instance_replacing(sender, instance: Instance, **kwargs) -> str | None:
     if Annotation.objects.filter(instance=instance).exists():
         return "has expert annotations"
     return None
+
+
+def on_instances_removing(sender, instances: list[Instance], hiding: bool = False, **kwargs):
+    """Deleting an image keeps its annotations as records (masks, history, the provenance a
+    trained model names) marked as referring to deleted data; the SEG exported from one goes
+    with the image it references."""
+    removing = Removing()
+    pks = [i.pk for i in instances]
+    uids = [i.sop_instance_uid for i in instances]
+    now = timezone.now()
+    for start in range(0, len(pks), 500):
+        chunk = Annotation.objects.filter(instance_id__in=pks[start: start + 500])
+        removing.derived |= set(chunk.exclude(seg_sop_instance_uid="").values_list("seg_sop_instance_uid", flat=True))
+        if hiding:  # rejected: the image is hidden, not gone; training leaves it out by its state
+            continue
+        chunk.update(source_deleted_at=now)
+        Annotation.objects.filter(seg_sop_instance_uid__in=uids[start: start + 500]).update(seg_sop_instance_uid="")
+    return removing
 
 
 @lru_cache(maxsize=1)
@@ -97,6 +116,8 @@ def annotation_create(instance: Instance, user, body: dict, address: str = "") -
             with transaction.atomic():
                 annotation = Annotation.objects.create(
                     instance=instance, version=version, parent=parent, author=user, status=status,
+                    sop_instance_uid=instance.sop_instance_uid,
+                    study_instance_uid=instance.series.study.study_instance_uid,
                     status_changed_at=now, started_from=started,
                     model_name=started.model_name if started else "", model_version=started.model_version if started else "",
                     frames=frames, document_key=key, agreement=agreement, comment=extras["comment"] or "")
@@ -154,6 +175,9 @@ def annotation_status_set(annotation: Annotation, user, status: str, note: str =
     if move is None:
         raise StatusError(f"an annotation that is {annotation.status} cannot become {status}")
     action, role = move
+    if annotation.instance_id is None and status != Annotation.WITHDRAWN:
+        raise StatusError(f"the image this annotation is of ({annotation.sop_instance_uid}) was deleted; "
+                          f"it is kept as a record only")
     if not has_role(user, role):
         raise NotAllowed(f"only a user with the {role} role can make an annotation {status}")
     if action == "submitted" and annotation.author_id != user.pk and not has_role(user, "reviewer"):
@@ -191,6 +215,8 @@ def annotation_export_seg(annotation: Annotation, user, address: str = "") -> st
         raise StatusError("only an approved annotation is exported as DICOM SEG")
     if annotation.seg_sop_instance_uid:
         return annotation.seg_sop_instance_uid
+    if annotation.instance_id is None:
+        raise StatusError("the annotated image was deleted: there is nothing to reference in a DICOM SEG")
     frames, masks = annotation_masks(annotation)
     header = dcmread(instance_path(annotation.instance), stop_before_pixels=True)
     classes = document.CLASS_MAP
@@ -214,15 +240,16 @@ def annotation_export_seg(annotation: Annotation, user, address: str = "") -> st
 
 
 def _trail(annotation: Annotation, user, action: str, detail: str, address: str = "") -> None:
-    study = annotation.instance.series.study
+    patient_id = annotation.instance.series.study.patient.patient_id if annotation.instance_id else ""
     audit_record(ACCESSED, action, Actor(user.get_username(), address, "web", user.pk),
-                 patient_id=study.patient.patient_id, study_instance_uid=study.study_instance_uid,
+                 patient_id=patient_id, study_instance_uid=annotation.study_instance_uid,
                  instances=1, detail=detail)
 
 
 def approved_annotations():
-    """Training data: approved annotations only, with their instance."""
-    return Annotation.objects.filter(status=Annotation.APPROVED).select_related("instance", "author")
+    """Training data: approved annotations only, of images still in the archive and not rejected."""
+    return Annotation.objects.filter(status=Annotation.APPROVED, instance__isnull=False,
+                                     instance__rejected_for="").select_related("instance", "author")
 
 
 def ai_masks(result: AnalysisResult) -> dict:
@@ -246,7 +273,8 @@ def annotation_summary(annotation: Annotation, base_url: str = "") -> dict:
     return {
         "id": annotation.pk,
         "version": annotation.version,
-        "instance": annotation.instance.sop_instance_uid,
+        "instance": annotation.sop_instance_uid,
+        "image_deleted_at": annotation.source_deleted_at.isoformat() if annotation.source_deleted_at else None,
         "parent_version": annotation.parent.version if annotation.parent_id else None,
         "author": annotation.author.get_username(),
         "created_at": annotation.created_at.isoformat(),

@@ -14,7 +14,8 @@ class NoDeleteHere(admin.ModelAdmin):
     """The admin's delete cascades through the index rows only: it would leave the files, the
     SEG/SR and results behind and take the immutable annotations and their history with it
     (security review #25). Stored data are not deleted here; removing images safely is a
-    service of its own (issue 14), with its own trail."""
+    service of its own (archive.removal: the study page, `sonoloop delete`, DICOMweb DELETE), with its
+    own trail."""
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -41,10 +42,16 @@ class SeriesAdmin(NoDeleteHere):
 
 @admin.register(Instance)
 class InstanceAdmin(NoDeleteHere):
-    list_display = ("sop_instance_uid", "sop_class_uid", "number_of_frames", "transfer_syntax_uid", "received_at")
+    list_display = ("sop_instance_uid", "sop_class_uid", "number_of_frames", "transfer_syntax_uid", "received_at",
+                    "rejected_for")
+    list_filter = ("rejected_for",)
     search_fields = ("sop_instance_uid",)
     raw_id_fields = ("series",)
-    readonly_fields = ("file_key", "file_size", "sha256", "received_at", "updated_at")
+    readonly_fields = ("file_key", "file_size", "sha256", "received_at", "updated_at", "rejected_for", "rejected_at",
+                       "rejected_by")
+
+    def get_queryset(self, request):
+        return Instance.every.all()  # rejected ones too, with the note that rejected them
 
 
 @admin.register(CommitmentRequest)

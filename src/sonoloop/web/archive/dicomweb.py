@@ -97,7 +97,7 @@ def _qido_query(request, level: str, fixed: dict[str, str]) -> tuple[Query, int 
         except QueryError as exc:
             return _error(400, str(exc))
         if match is not None:
-            query.matches.append(match)
+            query.add(match)
     for keyword, value in fixed.items():
         query.matches.append(Match(keyword, "single", value=value))
     return query, limit, offset
@@ -329,8 +329,9 @@ def stow(request, study=None):
             log.warning("STOW-RS from %s: instance %s rejected: %s", request.user, exc.sop_instance_uid, exc)
             failed.append(_sop_reference("", exc.sop_instance_uid, exc.status))
             continue
-        except services.StorageFull:
-            failed.append(_sop_reference("", "", 0xA700))
+        except services.StorageFull as exc:
+            log.error("STOW-RS from %s refused: %s", request.user, exc.strerror or exc)
+            failed.append(_sop_reference("", "", exc.status))
             continue
         inst = result.instance
         if not result.kept_existing:
@@ -350,10 +351,47 @@ def stow(request, study=None):
     return JsonResponse(response.to_json_dict(), status=status, content_type=DICOM_JSON)
 
 
+def _delete(request, study, series=None, instance=None):
+    """``DELETE`` of a study, series or instance (as Orthanc and dcm4chee offer; PS3.18 has no
+    delete): the admin role, an optional ``?reason=`` for the access trail."""
+    if not has_role(request.user, "admin"):
+        return _error(403, "deleting needs the admin role")
+    actor, reason = actor_of(request), request.GET.get("reason", "").strip()[:200] or "DICOMweb DELETE"
+    try:
+        if instance:
+            removed = services.instance_remove(instance, actor=actor, reason=reason, study_uid=study, series_uid=series)
+        elif series:
+            removed = services.series_remove(series, actor=actor, reason=reason, study_uid=study)
+        else:
+            removed = services.study_remove(study, actor=actor, reason=reason)
+    except services.RemovalError as exc:
+        return _error(404, str(exc))
+    return JsonResponse({"deleted": removed.instances, "derived_deleted": removed.derived,
+                         "studies": list(removed.studies), "studies_removed": removed.studies_gone})
+
+
 @api_login_required
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "POST", "DELETE"])
 def study_resource(request, study):
     if request.method == "POST":
         return stow(request, study)
+    if request.method == "DELETE":
+        return _delete(request, study)
     return _retrieve(request, study)
+
+
+@api_login_required
+@require_http_methods(["GET", "DELETE"])
+def series_resource(request, study, series):
+    if request.method == "DELETE":
+        return _delete(request, study, series)
+    return _retrieve(request, study, series)
+
+
+@api_login_required
+@require_http_methods(["GET", "DELETE"])
+def instance_resource(request, study, series, instance):
+    if request.method == "DELETE":
+        return _delete(request, study, series, instance)
+    return _retrieve(request, study, series, instance)
 

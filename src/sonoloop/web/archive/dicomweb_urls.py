@@ -15,10 +15,10 @@ urlpatterns = [
     path(f"{S}/metadata", dicomweb.metadata),
     path(f"{S}/series", dicomweb.series_search),
     path(f"{S}/instances", dicomweb.instance_search),
-    path(SE, dicomweb.retrieve),
+    path(SE, dicomweb.series_resource),
     path(f"{SE}/metadata", dicomweb.metadata),
     path(f"{SE}/instances", dicomweb.instance_search),
-    path(I, dicomweb.retrieve),
+    path(I, dicomweb.instance_resource),
     path(f"{I}/metadata", dicomweb.metadata),
     path(f"{I}/frames/<str:frame_list>", dicomweb.frames),
 ]

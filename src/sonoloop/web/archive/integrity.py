@@ -41,7 +41,7 @@ def archive_check(repair: bool = False, min_age_seconds: float = 600) -> Archive
     progress, whose file is written before its index row commits.
     """
     store = filestore()
-    keys = dict(Instance.objects.values_list("file_key", "sop_instance_uid"))
+    keys = dict(Instance.every.values_list("file_key", "sop_instance_uid"))
     missing = [uid for key, uid in keys.items() if not store.path(key).exists()]
     report = ArchiveCheck(len(keys), missing, [])
     now = time.time()
@@ -50,7 +50,7 @@ def archive_check(repair: bool = False, min_age_seconds: float = 600) -> Archive
         if key in keys or now - path.stat().st_mtime < min_age_seconds:
             continue
         report.orphan_keys.append(key)
-        if repair and not Instance.objects.filter(file_key=key).exists():
+        if repair and not Instance.every.filter(file_key=key).exists():
             _repair_orphan(key, path, report)
     return report
 
@@ -59,7 +59,7 @@ def _repair_orphan(key: str, path: Path, report: ArchiveCheck) -> None:
     raw = path.read_bytes()
     try:
         _, record = read_instance(raw)
-        if Instance.objects.filter(sop_instance_uid=record.sop_instance_uid).exists():
+        if Instance.every.filter(sop_instance_uid=record.sop_instance_uid).exists():
             raise InvalidInstance("another copy of this SOP Instance is indexed", status.CANNOT_UNDERSTAND)
         index_stored_file(record, key, raw, Sender("archive_check", may_correct=False))
         report.reindexed.append(key)

@@ -67,6 +67,14 @@ class Series(models.Model):
         return f"{self.modality} {self.series_number or ''} {self.series_description}".strip()
 
 
+class PresentInstances(models.Manager):
+    """Instances not rejected by a Key Object Selection rejection note (IOCM): what queries,
+    retrievals, pages, analysis and training see."""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(rejected_for="")
+
+
 class Instance(models.Model):
     series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
     sop_instance_uid = models.CharField("SOP Instance UID", max_length=64, unique=True)
@@ -87,6 +95,16 @@ class Instance(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     source_ae = models.CharField("received from", max_length=64, blank=True)
     source_host = models.CharField("sender's address", max_length=255, blank=True)
+    rejected_for = models.CharField(
+        max_length=16, blank=True, db_index=True,
+        help_text="The code of the rejection note (IOCM) that hid it: 113001 quality, 113037 patient safety, "
+                  "113038 incorrect modality worklist; blank: present.")
+    rejected_at = models.DateTimeField(null=True, blank=True)
+    rejected_by = models.CharField("rejection note", max_length=64, blank=True,
+                                   help_text="SOP Instance UID of the Key Object Selection document.")
+
+    objects = PresentInstances()  # the default: rejected instances are hidden everywhere
+    every = models.Manager()  # including rejected ones: storing, integrity, the admin
 
     class Meta:
         ordering = ["instance_number", "id"]

@@ -6,13 +6,17 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from sonoloop.dicom.attributes import NUMBER_FIELDS, matchable_fields
-from sonoloop.dicom.query import LEVELS, Match, Query
+from sonoloop.dicom.query import LEVELS, Match, Query, value_matches
 
 from . import lookups  # noqa: F401 - registers the wildcard lookups
 from .models import Instance, Patient, Series, Study
+from .store import instance_path
 
 
 FIELDS = matchable_fields()  # per level, keyword → index field (dicom.attributes)
@@ -47,8 +51,8 @@ def _condition(match: Match, lookup: str, field: str) -> Q:
     if match.kind == "single":
         if field == "modalities":
             return Q(**{f"{lookup}__regex": rf"(^|\\){re.escape(match.value)}(\\|$)"})
-        if field in _CASE_INSENSITIVE:
-            return Q(**{f"{lookup}__iexact": match.value})
+        if field in _CASE_INSENSITIVE:  # Unicode case folding (lookups), a value without wildcards
+            return Q(**{f"{lookup}__dicom_iwildcard": match.value})
         return Q(**{lookup: match.value})
     if match.kind == "wildcard":
         suffix = "__dicom_iwildcard" if field in _CASE_INSENSITIVE else "__dicom_wildcard"
@@ -76,17 +80,36 @@ def apply_matches(qs: QuerySet, base: str, matches: list[Match]) -> QuerySet:
     return qs
 
 
+_PRESENT = {  # the path from each level to its instances, which must not be rejected (IOCM)
+    "PATIENT": "studies__series__instances",
+    "STUDY": "series__instances",
+    "SERIES": "instances",
+}
+
+
+_INSIDE = {"PATIENT": "series__study__patient", "STUDY": "series__study", "SERIES": "series"}  # instance → level
+
+
+def present_only(qs: QuerySet, level: str) -> QuerySet:
+    """Patients, studies and series with at least one instance not rejected."""
+    if level == "IMAGE":
+        return qs  # Instance.objects leaves the rejected out already
+    return qs.filter(Exists(Instance.objects.filter(**{_INSIDE[level]: OuterRef("pk")})))
+
+
 def _counted(qs: QuerySet, level: str) -> QuerySet:
+    present = {level_: Q(**{f"{path}__rejected_for": ""}) for level_, path in _PRESENT.items()}
     if level == "PATIENT":
         return qs.annotate(
-            n_studies=Count("studies", distinct=True),
-            n_series=Count("studies__series", distinct=True),
-            n_instances=Count("studies__series__instances", distinct=True),
+            n_studies=Count("studies", distinct=True, filter=present["PATIENT"]),
+            n_series=Count("studies__series", distinct=True, filter=present["PATIENT"]),
+            n_instances=Count("studies__series__instances", distinct=True, filter=present["PATIENT"]),
         )
     if level == "STUDY":
-        return qs.annotate(n_series=Count("series", distinct=True), n_instances=Count("series__instances", distinct=True))
+        return qs.annotate(n_series=Count("series", distinct=True, filter=present["STUDY"]),
+                           n_instances=Count("series__instances", distinct=True, filter=present["STUDY"]))
     if level == "SERIES":
-        return qs.annotate(n_instances=Count("instances", distinct=True))
+        return qs.annotate(n_instances=Count("instances", distinct=True, filter=present["SERIES"]))
     return qs
 
 
@@ -109,15 +132,52 @@ _SELECT_RELATED = {
 }
 
 
+def _header(obj, level: str) -> Dataset | None:
+    """The header of the entity's first instance (itself at the IMAGE level), for the keys the
+    index lacks; None when its file cannot be read."""
+    instance = obj if level == "IMAGE" else Instance.objects.filter(**{_INSIDE[level]: obj.pk}).order_by("pk").first()
+    if instance is None:
+        return None
+    try:
+        return dcmread(instance_path(instance), stop_before_pixels=True)
+    except (OSError, ValueError, InvalidDicomError):
+        return None
+
+
+def _from_file(query: Query, level: str, obj, record: dict) -> bool:
+    """Match and fill the keys that the index lacks from a stored file (one header read per
+    entity, ~1 ms): False when the entity does not match."""
+    header = _header(obj, level)
+
+    def element(keyword: str):
+        return header[keyword] if header is not None and keyword in header else None
+
+    for match in query.file_matches:
+        found = element(match.keyword)
+        value = found.value if found is not None and found.value is not None else ""
+        text = "\\".join(map(str, value)) if found is not None and found.VM > 1 else str(value)
+        if not value_matches(match, text):
+            return False
+    for keyword in query.file_keys:
+        found = element(keyword)
+        record[keyword] = found.value if found is not None else None
+    return True
+
+
 def query_records(query: Query, limit: int | None = None, offset: int = 0):
-    """Yield one dict per matching entity at the query's level: DICOM keyword → value."""
+    """Yield one dict per matching entity at the query's level: DICOM keyword → value. Keys the
+    index lacks are matched and answered from each candidate's first stored file."""
     level = query.level
     qs = MODELS[level].objects.select_related(*_SELECT_RELATED[level])
-    qs = apply_matches(qs, level, query.matches)
+    qs = present_only(apply_matches(qs, level, query.matches), level)
     qs = _counted(qs, level).order_by("pk")
-    if limit is not None:
+    by_file = bool(query.file_matches or query.file_keys)
+    paged = limit is not None and not query.file_matches
+    if paged:
         qs = qs[offset: offset + limit]
-    for obj in qs.iterator(chunk_size=500) if limit is None else qs:
+        offset, limit = 0, None  # the database paged already
+    passed = 0
+    for obj in qs if paged else qs.iterator(chunk_size=500):
         record = {}
         current, current_level = obj, level
         while True:
@@ -133,6 +193,13 @@ def query_records(query: Query, limit: int | None = None, offset: int = 0):
             record["AvailableTransferSyntaxUID"] = obj.transfer_syntax_uid
         record["RetrieveAETitle"] = settings.CONFIG.ae_title
         record["_pk"] = obj.pk
+        if by_file and not _from_file(query, level, obj, record):
+            continue
+        passed += 1
+        if passed <= offset:
+            continue
+        if limit is not None and passed > offset + limit:
+            return
         yield record
 
 

@@ -1,6 +1,6 @@
 """The archive's services, by concern — storing (``store``), the integrity check
 (``integrity``), querying (``querying``), peers (``peers``), what pages show
-(``presenting``) and what Sonoloop makes itself (``own``) — gathered here for the views,
+(``presenting``), deleting (``removal``) and what Sonoloop makes itself (``own``) — gathered here for the views,
 commands and other apps that call them."""
 
 from sonoloop.dicom.filestore import FileStore, StorageFull, new_key  # noqa: F401
@@ -9,8 +9,11 @@ from .integrity import ArchiveCheck, archive_check  # noqa: F401
 from .own import dataset_store, own_device, own_uid  # noqa: F401
 from .peers import PeerError, move_destination, peer_add, peer_permissions, peer_remove  # noqa: F401
 from .presenting import instance_attributes, instance_preview_png, instance_summary, study_summary  # noqa: F401
-from .querying import FIELDS, MODELS, apply_matches, instances_for, query_records  # noqa: F401
+from .removal import (  # noqa: F401
+    Removed, RemovalError, Removing, instance_remove, instances_removing, remove_instances, series_remove, study_remove,
+)
+from .querying import FIELDS, MODELS, apply_matches, instances_for, present_only, query_records  # noqa: F401
 from .store import (  # noqa: F401
-    Sender, StoreRefused, StoreResult, admin_sender, filestore, forget_cached_parents, instance_delete,
+    Sender, StoreRefused, StoreResult, admin_sender, filestore, forget_cached_parents,
     instance_path, instance_store, same_patient,
 )

@@ -12,3 +12,9 @@ instance_indexed = Signal()
 # Arguments: instance. A receiver returns a reason (str) to refuse the replacement — for
 # example that the instance has AI results or expert annotations drawn on its pixels — or None.
 instance_replacing = Signal()
+
+# Sent inside the transaction that deletes instances, before their rows go (archive.removal).
+# Arguments: instances (a list of Instance), hiding (bool: a rejection note hides them; records
+# and files stay). A receiver marks the records it keeps and returns a removal.Removing naming
+# the stored objects made from them (SEG, SR) and the files that go too.
+instances_removing = Signal()

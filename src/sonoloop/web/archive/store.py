@@ -4,7 +4,9 @@ device sends) and the re-send policy; deleting."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import shutil
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,11 +16,13 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
 
 from sonoloop.dicom import status
 from sonoloop.dicom.attributes import INDEXED
-from sonoloop.dicom.filestore import FileStore, new_key
+from sonoloop.dicom.filestore import FileStore, StorageFull, new_key
 from sonoloop.dicom.instance import InstanceRecord, InvalidInstance, read_instance
+from sonoloop.dicom.rejection import KEY_OBJECT_SELECTION
 
 from . import previews
 from .models import Instance, Patient, Series, Study
@@ -211,7 +215,10 @@ def _index(record: InstanceRecord, file_key: str, file_size: int, sender: Sender
     """Write the index rows for ``record``; returns the instance, the file key it replaced and
     the outcome ("created", "replace", "same" or "keep": the last two index nothing)."""
     r = record
-    existing = Instance.objects.select_related("series").filter(sop_instance_uid=r.sop_instance_uid).first()
+    existing = Instance.every.select_related("series").filter(sop_instance_uid=r.sop_instance_uid).first()
+    if existing is not None and existing.rejected_for:
+        raise StoreRefused(f"SOP Instance {r.sop_instance_uid} was rejected (code {existing.rejected_for}, rejection "
+                           f"note {existing.rejected_by}); it is not stored again", r.sop_instance_uid)
     outcome = "created" if existing is None else _resend_outcome(existing, r, raw, sender)
     if outcome in ("same", "keep"):
         return existing, None, outcome
@@ -291,6 +298,25 @@ def index_stored_file(record: InstanceRecord, key: str, raw: bytes, sender: Send
     return _index_when_durable(record, key, raw, sender, done)
 
 
+class QuotaExceeded(StorageFull):
+    status = 0xA700  # Refused: out of resources
+
+
+def _check_room(size: int) -> None:
+    """Refuse an instance before it fills the disk or passes the storage quota."""
+    config = settings.CONFIG
+    if config.min_free_mb:
+        free = shutil.disk_usage(filestore().root).free
+        if free - size < config.min_free_mb * 1024 * 1024:
+            raise StorageFull(errno.ENOSPC, f"the disk would keep less than SONOLOOP_MIN_FREE_MB={config.min_free_mb} "
+                                            f"MB free ({free // 2**20} MB free, the instance is {size // 2**20} MB)")
+    if config.storage_quota_mb:
+        used = Instance.every.aggregate(total=Sum("file_size"))["total"] or 0
+        if used + size > config.storage_quota_mb * 1024 * 1024:
+            raise QuotaExceeded(errno.EDQUOT, f"the storage quota SONOLOOP_STORAGE_QUOTA_MB={config.storage_quota_mb} "
+                                              f"MB would be exceeded ({used // 2**20} MB stored)")
+
+
 def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str, str] | None = None,
                    derived: bool = False, study_uid: str | None = None) -> StoreResult:
     """Validate, durably write and index one DICOM instance (a complete DICOM file).
@@ -311,13 +337,18 @@ def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str
     SR), which receivers of ``instance_indexed`` need not analyse. ``study_uid``: the study
     the request named (STOW-RS to /studies/{study}); an instance of another study is refused.
     """
+    _check_room(len(raw))
     key = new_key()
     written = _file_writer().submit(filestore().put, raw, key)
     try:
-        _, record = read_instance(raw, expected, settings.CONFIG.max_decoded_mb * 1024 * 1024)
+        dataset, record = read_instance(raw, expected, settings.CONFIG.max_decoded_mb * 1024 * 1024)
         if study_uid and record.study_instance_uid != study_uid:
             raise InvalidInstance(f"the instance belongs to study {record.study_instance_uid}, not to {study_uid} "
                                   f"named by the request", status.DATASET_DOES_NOT_MATCH, record.sop_instance_uid)
+        if record.sop_class_uid == KEY_OBJECT_SELECTION:
+            from .rejection import rejection_apply  # it deletes through removal, which imports this module
+
+            rejection_apply(dataset, sender)  # a refused rejection refuses the note: nothing changes
         instance, old_key, outcome = _index_when_durable(record, key, raw, sender, written, derived)
     except BaseException:
         _discard(written, key)
@@ -329,21 +360,3 @@ def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str
         previews.forget(old_key)
     return StoreResult(instance, created=outcome == "created", replaced=outcome == "replace",
                        kept_existing=outcome in ("same", "keep"))
-
-
-def instance_delete(instance: Instance) -> None:
-    """Remove an instance from the index, then its file; prune empty series/studies/patients."""
-    key = instance.file_key
-    series = instance.series
-    with transaction.atomic():
-        instance.delete()
-        if not series.instances.exists():
-            study = series.study
-            series.delete()
-            if not study.series.exists():
-                patient = study.patient
-                study.delete()
-                if not patient.studies.exists():
-                    patient.delete()
-    forget_cached_parents()
-    filestore().delete(key)

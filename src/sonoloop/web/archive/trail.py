@@ -15,7 +15,7 @@ from sonoloop.web.audit.services import ACCESSED, DELETED, QUERY, TRANSFERRED, A
 from .models import Instance, Patient, Study
 
 
-def _by_study(instances: Iterable[Instance]) -> Counter:
+def count_by_study(instances: Iterable[Instance]) -> Counter:
     counts: Counter = Counter()
     for instance in instances:
         study = instance.series.study
@@ -25,7 +25,7 @@ def _by_study(instances: Iterable[Instance]) -> Counter:
 
 def record_transfer(actor: Actor, instances: Iterable[Instance], action: str, how: str) -> None:
     """Instances received (action C) or sent (R) in one association or request."""
-    for (patient_id, study_uid), count in _by_study(instances).items():
+    for (patient_id, study_uid), count in count_by_study(instances).items():
         audit_record(TRANSFERRED, action, actor, patient_id=patient_id, study_instance_uid=study_uid,
                      instances=count, detail=how)
 

@@ -9,6 +9,7 @@ urlpatterns = [
     path("studies/", views.study_list, name="studies"),
     path("patients/<int:pk>/", views.patient_detail, name="patient"),
     path("studies/<str:study_uid>/", views.study_detail, name="study"),
+    path("studies/<str:study_uid>/delete", views.study_delete, name="study-delete"),
     path("series/<str:series_uid>/", views.series_detail, name="series"),
     path("instances/<str:sop_uid>/", views.instance_detail, name="instance"),
     path("instances/<str:sop_uid>/preview.png", views.instance_preview, name="preview"),

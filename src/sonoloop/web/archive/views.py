@@ -34,8 +34,10 @@ def study_list(request):
     date_from = request.GET.get("from", "").replace("-", "").strip()
     date_to = request.GET.get("to", "").replace("-", "").strip()
     modality = request.GET.get("modality", "").strip().upper()
-    studies = Study.objects.select_related("patient").annotate(
-        n_series=Count("series", distinct=True), n_instances=Count("series__instances", distinct=True)
+    present = Q(series__instances__rejected_for="")
+    studies = services.present_only(Study.objects.select_related("patient"), "STUDY").annotate(
+        n_series=Count("series", distinct=True, filter=present),
+        n_instances=Count("series__instances", distinct=True, filter=present),
     ).order_by("-study_date", "-study_time", "-id")
     if q:
         studies = studies.filter(
@@ -66,7 +68,9 @@ def study_list(request):
 def patient_detail(request, pk: int):
     patient = get_object_or_404(Patient, pk=pk)
     trail.record_read(actor_of(request), None, "patient page", patient=patient)
-    studies = patient.studies.annotate(n_series=Count("series", distinct=True), n_instances=Count("series__instances"))
+    present = Q(series__instances__rejected_for="")
+    studies = services.present_only(patient.studies.all(), "STUDY").annotate(
+        n_series=Count("series", distinct=True, filter=present), n_instances=Count("series__instances", filter=present))
     return render(request, "archive/patient_detail.html", {"patient": patient, "studies": studies})
 
 
@@ -74,7 +78,8 @@ def patient_detail(request, pk: int):
 def study_detail(request, study_uid: str):
     study = get_object_or_404(Study.objects.select_related("patient"), study_instance_uid=study_uid)
     trail.record_read(actor_of(request), study, "study page")
-    series = study.series.annotate(n_instances=Count("instances"))
+    series = services.present_only(study.series.all(), "SERIES").annotate(
+        n_instances=Count("instances", filter=Q(instances__rejected_for="")))
     firsts = {s.pk: s.instances.order_by("instance_number", "pk").first() for s in series}
     rows = [(s, firsts[s.pk]) for s in series]
     return render(request, "archive/study_detail.html", {"study": study, "patient": study.patient, "rows": rows,
@@ -91,6 +96,23 @@ def series_detail(request, series_uid: str):
         "archive/series_detail.html",
         {"series": series, "study": series.study, "patient": series.study.patient, "page": page},
     )
+
+
+@role_required("admin")
+@require_http_methods(["POST"])
+def study_delete(request, study_uid: str):
+    """Delete a study with its files and results; asked for on the study page, with a reason."""
+    reason = request.POST.get("reason", "").strip()
+    if not reason:
+        messages.error(request, "Say why the study is deleted (the reason goes to the access trail).")
+        return redirect("archive:study", study_uid=study_uid)
+    try:
+        removed = services.study_remove(study_uid, actor=actor_of(request), reason=reason)
+    except services.RemovalError as exc:
+        raise Http404(str(exc)) from None
+    messages.success(request, f"Study {study_uid} deleted: {removed.instances} instances and "
+                              f"{removed.derived} objects made from them (SEG, SR).")
+    return redirect("archive:studies")
 
 
 def _instance_or_404(sop_uid: str) -> Instance:
@@ -187,8 +209,8 @@ def _store_upload(raw: bytes, sender) -> tuple[bool, str, str]:
         return False, f"refused: {exc}", ""
     except InvalidInstance as exc:
         return False, f"not stored: {exc}", ""
-    except services.StorageFull:
-        return False, "not stored: the server's disk is full; tell the administrator", ""
+    except services.StorageFull as exc:
+        return False, f"not stored: {exc.strerror or 'the disk is full'}; tell the administrator", ""
     uid = result.instance.sop_instance_uid
     return True, "replaced the earlier copy" if result.replaced else "kept the earlier copy" if result.kept_existing else "stored", uid
 
@@ -211,7 +233,8 @@ def api_studies(request):
         offset = max(int(request.GET.get("offset", 0)), 0)
     except ValueError:
         return JsonResponse({"error": "limit and offset must be whole numbers"}, status=400)
-    studies = Study.objects.select_related("patient").order_by("-study_date", "-id")[offset: offset + limit]
+    studies = services.present_only(Study.objects.select_related("patient"), "STUDY").order_by(
+        "-study_date", "-id")[offset: offset + limit]
     return JsonResponse(
         {"studies": [services.study_summary(s) for s in studies], "limit": limit, "offset": offset}
     )
