@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydicom import dcmread
+from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, apply_voi_lut, pixel_array
 
 
@@ -24,6 +25,31 @@ def frame_array(path: Path, index: int) -> tuple[np.ndarray, object]:
     if not 0 <= index < frames:
         raise IndexError(f"frame {index + 1} does not exist; the instance has {frames} frame(s)")
     return pixel_array(path, index=index), header
+
+
+NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
+                             "1.2.840.10008.1.2.2"})
+# PS3.18 Table 8.7.3-2: the media type of a frame in each compressed transfer syntax
+FRAME_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg", "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.201": "image/jphc", "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc", "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+
+
+def frame_stored_bytes(path: Path, index: int) -> bytes:
+    """Frame ``index`` of an encapsulated (compressed) instance as stored: the codestream
+    itself (a JPEG file's bytes for JPEG), not decoded."""
+    ds = dcmread(path)
+    if "PixelData" not in ds:
+        raise NoPixelData("this instance has no image")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 0 <= index < frames:
+        raise IndexError(f"frame {index + 1} does not exist; the instance has {frames} frame(s)")
+    return get_frame(ds.PixelData, index, number_of_frames=frames)
 
 
 def frame_native_bytes(path: Path, index: int) -> bytes:

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from sonoloop.dicom.instance import InvalidInstance
-from sonoloop.dicom.pixels import NoPixelData, frame_native_bytes
+from sonoloop.dicom.pixels import FRAME_MEDIA_TYPES, NoPixelData, frame_native_bytes, frame_stored_bytes
 from sonoloop.dicom.query import Match, Query, QueryError, build_response, match_for
 from sonoloop.web.accounts.auth import api_login_required
 from sonoloop.web.accounts.roles import has_role
@@ -157,12 +157,13 @@ def _instances(study, series=None, instance=None):
     return qs.order_by("series__series_number", "instance_number", "pk")
 
 
-def _multipart(parts, content_type: str) -> StreamingHttpResponse:
+def _multipart(parts, content_type: str, transfer_syntax: str = "") -> StreamingHttpResponse:
     boundary = uuid.uuid4().hex
+    part_type = f"{content_type}; transfer-syntax={transfer_syntax}" if transfer_syntax else content_type
 
     def stream():
         for extra_headers, payload in parts:
-            header = f"--{boundary}\r\nContent-Type: {content_type}\r\n{extra_headers}\r\n"
+            header = f"--{boundary}\r\nContent-Type: {part_type}\r\n{extra_headers}\r\n"
             yield header.encode()
             yield payload
             yield b"\r\n"
@@ -170,7 +171,48 @@ def _multipart(parts, content_type: str) -> StreamingHttpResponse:
 
     response = StreamingHttpResponse(stream())
     response["Content-Type"] = f'multipart/related; type="{content_type}"; boundary={boundary}'
+    if transfer_syntax:
+        response["Content-Type"] += f"; transfer-syntax={transfer_syntax}"
     return response
+
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _accepted(accept: str) -> list[tuple[str, str]]:
+    """The (media type, transfer syntax) pairs an Accept header names for frames; ("*", "")
+    for any (no header, ``*/*``, ``multipart/related`` alone)."""
+    pairs = []
+    for media_range in filter(None, (r.strip() for r in accept.split(","))):
+        kind, *params = (p.strip() for p in media_range.split(";"))
+        values = {}
+        for param in params:
+            name, _, value = param.partition("=")
+            values[name.strip().lower()] = value.strip().strip('"')
+        if kind == "multipart/related":
+            pairs.append((values.get("type", "*"), values.get("transfer-syntax", "")))
+        elif kind in ("*/*", "*"):
+            pairs.append(("*", ""))
+        else:
+            pairs.append((kind, values.get("transfer-syntax", "")))
+    return pairs or [("*", "")]
+
+
+def frame_answer(accept: str, stored: str) -> tuple[str, str] | None:
+    """How to send frames of an instance stored in ``stored``: (media type, transfer syntax).
+    As stored whenever the request allows it (``transfer-syntax=*``, the stored syntax named,
+    or the stored syntax's own image type); else decoded to explicit little endian, the
+    default of ``application/octet-stream``; None when neither is acceptable (406)."""
+    compressed = stored in FRAME_MEDIA_TYPES
+    for media, syntax in _accepted(accept):
+        if compressed and media in ("application/octet-stream", "*") and syntax in ("*", stored):
+            return "application/octet-stream", stored
+        if compressed and media == FRAME_MEDIA_TYPES[stored] and syntax in ("", "*", stored):
+            return media, stored
+    for media, syntax in _accepted(accept):
+        if media in ("application/octet-stream", "*") and syntax in ("", "*", EXPLICIT_LE):
+            return "application/octet-stream", EXPLICIT_LE
+    return None
 
 
 @api_login_required
@@ -220,17 +262,24 @@ def frames(request, study, series, instance, frame_list):
         return _error(400, f"at most {MAX_FRAMES_PER_REQUEST} frames per request")
     if any(not 1 <= n <= (item.number_of_frames or 1) for n in numbers):
         return _error(404, f"this instance has frames 1 to {item.number_of_frames or 1}")
+    answer = frame_answer(request.headers.get("Accept", ""), item.transfer_syntax_uid)
+    if answer is None:
+        return _error(406, f"frames of this instance are sent as stored ({item.transfer_syntax_uid}, "
+                           f"{FRAME_MEDIA_TYPES.get(item.transfer_syntax_uid, 'application/octet-stream')}) or "
+                           f"decoded as application/octet-stream; the Accept header allows neither")
+    media, syntax = answer
+    read = frame_native_bytes if syntax == EXPLICIT_LE else frame_stored_bytes
     path = services.instance_path(item)
     try:
-        first = frame_native_bytes(path, numbers[0] - 1)
+        first = read(path, numbers[0] - 1)
     except NoPixelData:
         return _error(400, "this instance has no pixel data")
     except IndexError as exc:
         return _error(404, str(exc))
     trail.record_read(actor_of(request), item.series.study, "WADO-RS frames")
-    # one decoded frame in memory at a time, however many are asked for
-    rest = (("", frame_native_bytes(path, n - 1)) for n in numbers[1:])
-    return _multipart(itertools.chain([("", first)], rest), "application/octet-stream")
+    # one frame in memory at a time, however many are asked for
+    rest = (("", read(path, n - 1)) for n in numbers[1:])
+    return _multipart(itertools.chain([("", first)], rest), media, syntax)
 
 
 # -- WADO-URI ---------------------------------------------------------------------------------------

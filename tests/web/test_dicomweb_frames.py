@@ -1,0 +1,58 @@
+"""WADO-RS frames for viewers: as stored whenever the Accept header allows it, decoded otherwise."""
+
+import re
+
+import pytest
+from django.test import Client
+from pydicom import dcmread
+from pydicom.encaps import get_frame
+
+from sonoloop.web.archive import services
+from sonoloop.web.archive.dicomweb import frame_answer
+from tests.web.conftest import user_with_role
+
+pytestmark = pytest.mark.django_db
+JPEG = "1.2.840.10008.1.2.4.50"
+OHIF = "multipart/related; type=application/octet-stream; transfer-syntax=*"  # what OHIF v3 sends
+
+
+def parts(response) -> list[tuple[str, bytes]]:
+    body = b"".join(response.streaming_content)
+    boundary = re.search(r"boundary=([^;]+)", response["Content-Type"]).group(1).encode()
+    found = []
+    for chunk in body.split(b"--" + boundary)[1:-1]:
+        head, _, payload = chunk.partition(b"\r\n\r\n")
+        found.append((head.decode().strip(), payload[:-2]))
+    return found
+
+
+@pytest.mark.parametrize("accept, answer", [
+    (OHIF, ("application/octet-stream", JPEG)),
+    (f'multipart/related; type="application/octet-stream"; transfer-syntax={JPEG}', ("application/octet-stream", JPEG)),
+    ('multipart/related; type="image/jpeg"', ("image/jpeg", JPEG)),
+    ("", ("application/octet-stream", "1.2.840.10008.1.2.1")),  # PS3.18's default: uncompressed
+    ('multipart/related; type="application/octet-stream"', ("application/octet-stream", "1.2.840.10008.1.2.1")),
+    ('multipart/related; type="image/jp2"', None),  # no transcoding between compressed syntaxes: 406
+])
+def test_the_accept_header_decides_between_the_stored_frame_and_a_decoded_one(accept, answer):
+    assert frame_answer(accept, JPEG) == answer
+
+
+def test_ohif_gets_the_stored_jpeg_frames_a_plain_client_decoded_pixels(config, samples):
+    config(auto_analysis=False)
+    cine = services.instance_store(samples["cine_jpeg"].read_bytes()).instance
+    source = dcmread(samples["cine_jpeg"])
+    client = Client()
+    client.force_login(user_with_role("v", "viewer"))
+    url = (f"/dicomweb/studies/{cine.series.study.study_instance_uid}/series/{cine.series.series_instance_uid}"
+           f"/instances/{cine.sop_instance_uid}/frames/1,60")
+    stored = client.get(url, HTTP_ACCEPT=OHIF)
+    assert stored.status_code == 200 and f"transfer-syntax={JPEG}" in stored["Content-Type"]
+    got = parts(stored)
+    assert [p for _, p in got] == [get_frame(source.PixelData, i, number_of_frames=120) for i in (0, 59)]
+    assert got[0][0] == f"Content-Type: application/octet-stream; transfer-syntax={JPEG}"
+    assert got[0][1][:2] == b"\xff\xd8"  # a JPEG codestream, tens of KB instead of 921,600 decoded bytes
+    decoded = parts(client.get(url))
+    assert len(decoded[0][1]) == source.Rows * source.Columns * 3 > 10 * len(got[0][1])
+    refused = client.get(url, HTTP_ACCEPT='multipart/related; type="image/jp2"')
+    assert refused.status_code == 406 and "Accept" in refused.json()["error"]
