@@ -56,3 +56,33 @@ def test_ohif_gets_the_stored_jpeg_frames_a_plain_client_decoded_pixels(config, 
     assert len(decoded[0][1]) == source.Rows * source.Columns * 3 > 10 * len(got[0][1])
     refused = client.get(url, HTTP_ACCEPT='multipart/related; type="image/jp2"')
     assert refused.status_code == 406 and "Accept" in refused.json()["error"]
+
+
+def test_rendered_and_thumbnail_resources_answer_jpeg_or_png_for_series_instances_and_frames(config, samples):
+    import io
+
+    from PIL import Image
+
+    config(auto_analysis=False)
+    cine = services.instance_store(samples["cine_jpeg"].read_bytes()).instance
+    client = Client()
+    client.force_login(user_with_role("v", "viewer"))
+    study, series = cine.series.study.study_instance_uid, cine.series.series_instance_uid
+    base = f"/dicomweb/studies/{study}/series/{series}/instances/{cine.sop_instance_uid}"
+
+    def image(response, media="image/jpeg"):
+        assert response.status_code == 200 and response["Content-Type"] == media, response.content[:200]
+        return Image.open(io.BytesIO(response.content))
+
+    full = image(client.get(f"{base}/frames/60/rendered"))
+    assert full.size == (cine.columns, cine.rows) and full.format == "JPEG"
+    assert image(client.get(f"{base}/rendered", HTTP_ACCEPT="image/png"), "image/png").format == "PNG"
+    for url in (f"/dicomweb/studies/{study}/thumbnail", f"/dicomweb/studies/{study}/series/{series}/thumbnail",
+                f"{base}/thumbnail", f"{base}/frames/3/thumbnail"):
+        assert max(image(client.get(url)).size) <= 128, url
+    assert max(image(client.get(f"{base}/thumbnail", {"viewport": "256,256"})).size) <= 256
+    several = client.get(f"{base}/frames/1,2,3/rendered", HTTP_ACCEPT='multipart/related; type="image/png"')
+    assert several.status_code == 200 and [p[0] for p in parts(several)] == ["Content-Type: image/png"] * 3
+    assert client.get(f"{base}/frames/121/rendered").status_code == 404
+    assert client.get(f"{base}/rendered", HTTP_ACCEPT="application/dicom").status_code == 406
+    assert Client().get(f"{base}/rendered").status_code in (401, 403)

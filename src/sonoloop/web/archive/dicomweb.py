@@ -148,7 +148,7 @@ def instance_search(request, study=None, series=None):
 # -- WADO-RS ----------------------------------------------------------------------------------------
 
 
-def _instances(study, series=None, instance=None):
+def instances_at(study, series=None, instance=None):
     qs = Instance.objects.select_related("series__study__patient").filter(series__study__study_instance_uid=study)
     if series:
         qs = qs.filter(series__series_instance_uid=series)
@@ -157,7 +157,7 @@ def _instances(study, series=None, instance=None):
     return qs.order_by("series__series_number", "instance_number", "pk")
 
 
-def _multipart(parts, content_type: str, transfer_syntax: str = "") -> StreamingHttpResponse:
+def multipart_response(parts, content_type: str, transfer_syntax: str = "") -> StreamingHttpResponse:
     boundary = uuid.uuid4().hex
     part_type = f"{content_type}; transfer-syntax={transfer_syntax}" if transfer_syntax else content_type
 
@@ -225,17 +225,17 @@ def _retrieve(request, study, series=None, instance=None):
     accept = request.headers.get("Accept", "")
     if accept and "application/dicom" not in accept and "*/*" not in accept and "multipart/related" not in accept:
         return _error(406, "WADO-RS retrieve returns multipart/related; type=\"application/dicom\"")
-    instances = list(_instances(study, series, instance))
+    instances = list(instances_at(study, series, instance))
     if not instances:
         return _error(404, "no matching instances")
     trail.record_transfer(actor_of(request), instances, "R", "WADO-RS")
-    return _multipart(((("", services.instance_path(i).read_bytes()) for i in instances)), "application/dicom")
+    return multipart_response(((("", services.instance_path(i).read_bytes()) for i in instances)), "application/dicom")
 
 
 @api_login_required
 @require_http_methods(["GET"])
 def metadata(request, study, series=None, instance=None):
-    instances = list(_instances(study, series, instance))
+    instances = list(instances_at(study, series, instance))
     if not instances:
         return _error(404, "no matching instances")
     trail.record_read(actor_of(request), instances[0].series.study, "WADO-RS metadata")
@@ -251,7 +251,7 @@ def metadata(request, study, series=None, instance=None):
 @api_login_required
 @require_http_methods(["GET"])
 def frames(request, study, series, instance, frame_list):
-    item = _instances(study, series, instance).first()
+    item = instances_at(study, series, instance).first()
     if item is None:
         return _error(404, "no matching instance")
     try:
@@ -279,7 +279,7 @@ def frames(request, study, series, instance, frame_list):
     trail.record_read(actor_of(request), item.series.study, "WADO-RS frames")
     # one frame in memory at a time, however many are asked for
     rest = (("", read(path, n - 1)) for n in numbers[1:])
-    return _multipart(itertools.chain([("", first)], rest), media, syntax)
+    return multipart_response(itertools.chain([("", first)], rest), media, syntax)
 
 
 # -- WADO-URI ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import dicomweb
+from . import dicomweb, rendered
 
 S = "studies/<str:study>"
 SE = f"{S}/series/<str:series>"
@@ -21,4 +21,12 @@ urlpatterns = [
     path(I, dicomweb.instance_resource),
     path(f"{I}/metadata", dicomweb.metadata),
     path(f"{I}/frames/<str:frame_list>", dicomweb.frames),
+    # consumer images for viewers (PS3.18 8.3.5, 8.3.6)
+    path(f"{S}/thumbnail", rendered.thumbnail),
+    path(f"{SE}/thumbnail", rendered.thumbnail),
+    path(f"{I}/thumbnail", rendered.thumbnail),
+    path(f"{I}/frames/<str:frame_list>/thumbnail", rendered.thumbnail),
+    path(f"{SE}/rendered", rendered.rendered),
+    path(f"{I}/rendered", rendered.rendered),
+    path(f"{I}/frames/<str:frame_list>/rendered", rendered.rendered),
 ]
