@@ -204,6 +204,10 @@ def test_the_index_models_have_every_field_of_the_attribute_table():
     for attribute in INDEXED:
         names = {f.name for f in MODELS[attribute.level]._meta.get_fields()}
         assert attribute.field in names, f"{attribute.keyword}: {MODELS[attribute.level].__name__}.{attribute.field}"
+        field = MODELS[attribute.level]._meta.get_field(attribute.field)
+        if not attribute.number and attribute.keyword not in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                              "SOPInstanceUID", "SOPClassUID"):
+            assert field.max_length == attribute.length, attribute.keyword  # what parsing keeps fits the column
 
 
 def test_keys_outside_the_index_are_matched_and_answered_from_the_stored_files(config, samples):

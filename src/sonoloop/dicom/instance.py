@@ -11,12 +11,14 @@ from dataclasses import asdict, dataclass
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from . import status
+from .attributes import INDEXED
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -223,36 +225,18 @@ def record_from_dataset(ds: Dataset) -> InstanceRecord:
     if not transfer_syntax:
         raise InvalidInstance("the file meta information has no Transfer Syntax UID", status.CANNOT_UNDERSTAND, sop_instance_uid)
     _check_pixel_data(ds, transfer_syntax, sop_instance_uid)
-    return InstanceRecord(
-        patient_id=_text(ds, "PatientID", 64),
-        issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
-        patient_name=_text(ds, "PatientName", 324),
-        patient_birth_date=_text(ds, "PatientBirthDate", 8),
-        patient_sex=_text(ds, "PatientSex", 16),
-        study_instance_uid=_uid(ds, "StudyInstanceUID", sop_instance_uid),
-        study_date=_text(ds, "StudyDate", 8),
-        study_time=_text(ds, "StudyTime", 16),
-        study_id=_text(ds, "StudyID", 16),
-        accession_number=_text(ds, "AccessionNumber", 16),
-        study_description=_text(ds, "StudyDescription", 64),
-        referring_physician_name=_text(ds, "ReferringPhysicianName", 324),
-        series_instance_uid=_uid(ds, "SeriesInstanceUID", sop_instance_uid),
-        modality=_text(ds, "Modality", 16),
-        series_number=_int(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription", 64),
-        series_date=_text(ds, "SeriesDate", 8),
-        body_part_examined=_text(ds, "BodyPartExamined", 16),
-        sop_instance_uid=sop_instance_uid,
-        sop_class_uid=_uid(ds, "SOPClassUID", sop_instance_uid),
-        instance_number=_int(ds, "InstanceNumber"),
-        number_of_frames=_int(ds, "NumberOfFrames") or (1 if "PixelData" in ds else 0),
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        photometric_interpretation=_text(ds, "PhotometricInterpretation", 16),
-        transfer_syntax_uid=transfer_syntax,
-        content_date=_text(ds, "ContentDate", 8),
-        content_time=_text(ds, "ContentTime", 16),
-    )
+    values = {"sop_instance_uid": sop_instance_uid, "transfer_syntax_uid": transfer_syntax}
+    for a in INDEXED:  # each indexed attribute as the table describes it
+        if a.computed or a.field in values:
+            continue
+        if dictionary_VR(a.keyword) == "UI":
+            values[a.field] = _uid(ds, a.keyword, sop_instance_uid)
+        elif a.number:
+            values[a.field] = _int(ds, a.keyword)
+        else:
+            values[a.field] = _text(ds, a.keyword, a.length)
+    values["number_of_frames"] = values["number_of_frames"] or (1 if "PixelData" in ds else 0)
+    return InstanceRecord(**values)
 
 
 def sop_class_name(uid: str) -> str:
