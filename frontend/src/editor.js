@@ -24,15 +24,12 @@ const {
 const SEGMENTATION_ID = 'sonoloop-labels';
 const TOOL_GROUP_ID = 'sonoloop-editor';
 const VIEWPORTS = ['original', 'overlay'];
-const STRUCTURES = [
-  { value: 1, name: 'LV', color: [255, 64, 64] },
-  { value: 2, name: 'MYO', color: [64, 200, 64] },
-  { value: 3, name: 'LA', color: [64, 128, 255] },
-];
 const history = coreUtils.HistoryMemo.DefaultHistoryMemo;
 
 const root = document.getElementById('sonoloop-editor');
 const config = JSON.parse(document.getElementById('editor-config').textContent);
+// value, name and colour of each structure: the server's one class map (annotations/document.py)
+const STRUCTURES = config.structures;
 const $ = (selector) => root.querySelector(selector);
 
 const state = {
@@ -323,7 +320,7 @@ function fillContour(viewportId, canvasPoints) {
   const mask = readFrame(state.frame);
   if (fillPolygon(mask, state.columns, state.rows, pixels, state.structure) > 0) {
     replaceFrame(state.frame, mask);
-    say(`Filled the outline as ${STRUCTURES[state.structure - 1].name} on frame ${state.frame + 1}.`);
+    say(`Filled the outline as ${STRUCTURES.find((s) => s.value === state.structure).name} on frame ${state.frame + 1}.`);
   }
 }
 

@@ -344,3 +344,18 @@ def test_stored_documents_follow_the_published_schema(echo):
     validator.validate(document)
     broken = {**document, "classes": {"1": "LV"}, "masks": {"5": {"encoding": "png", "counts": []}}}
     assert len(list(validator.iter_errors(broken))) >= 2
+
+
+def test_the_editor_draws_the_structures_and_colours_the_server_names(echo):
+    """One class map: the editor page carries the document's structures with the colours the
+    SEG recommends; the bundle has none of its own."""
+    from sonoloop.dicom.seg import DISPLAY_RGB
+    from sonoloop.web.annotations.document import CLASSES
+
+    instance, _ = echo
+    page = client_for("vera", "viewer").get(f"/instances/{instance.sop_instance_uid}/editor/").content.decode()
+    config = json.loads(page.split('id="editor-config" type="application/json">')[1].split("</script>")[0])
+    assert config["structures"] == [{"value": v, "name": n, "color": list(DISPLAY_RGB[n])} for v, n in CLASSES.items()]
+    assert "rgb(255,64,64)" in page  # the LV swatch, drawn from that map
+    bundle = (Path(views.__file__).parent / "static/annotations/viewer/editor.js").read_text()
+    assert "[255,64,64]" not in bundle.replace(" ", "")

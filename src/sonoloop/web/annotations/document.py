@@ -17,6 +17,14 @@ SCHEMA_VERSION = 1
 ENCODING = "rle"
 CLASSES = {1: "LV", 2: "MYO", 3: "LA"}  # label value → structure: the document's own vocabulary
 CLASS_MAP = ["background", *CLASSES.values()]  # the same as a class list (value = index)
+
+
+def structures() -> list[dict]:
+    """The document's structures as the editor draws them: value, name and display colour
+    (the colour the SEG recommends, ``dicom.seg.DISPLAY_RGB``): one map for server and editor."""
+    from sonoloop.dicom.seg import DISPLAY_RGB
+
+    return [{"value": value, "name": name, "color": list(DISPLAY_RGB[name])} for value, name in CLASSES.items()]
 MAX_FRAMES = 5000
 
 

@@ -17,7 +17,7 @@ from sonoloop.web.archive.models import Instance
 from sonoloop.web.archive.panels import Panel
 from sonoloop.web.errors import json_errors
 
-from . import services
+from . import document, services
 from .models import Annotation
 
 log = logging.getLogger("sonoloop.web")
@@ -57,7 +57,9 @@ def editor(request, sop_uid: str):
         "instance": instance,
         "study": instance.series.study,
         "patient": instance.series.study.patient,
+        "structures": document.structures(),
         "config": {
+            "structures": document.structures(),
             "instance_api": reverse("archive:api-instance", args=[sop_uid]),
             "annotations_api": reverse("annotations:api-instance-annotations", args=[sop_uid]),
             "ai_masks_api": reverse("annotations:api-ai-masks", args=[sop_uid, 0]).removesuffix("0/masks"),
