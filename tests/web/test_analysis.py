@@ -34,6 +34,7 @@ def test_storing_an_echo_queues_a_job_in_the_same_transaction(config, samples):
     assert job.status == AnalysisJob.QUEUED
     (task,) = services.job_tasks(job.pk)
     assert task.queue_name == "inference" and task.status == "READY"
+    assert job.task_id == str(task.id)  # the job row names its task
 
 
 def test_a_cine_is_segmented_stored_as_seg_and_measured(config, samples):

@@ -23,6 +23,7 @@ class AnalysisJob(models.Model):
     frames_total = models.PositiveIntegerField(default=0)
     frames_done = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=128, blank=True)
+    task_id = models.CharField(max_length=64, blank=True, help_text="The task (django-tasks) now running or queued for it.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)

@@ -32,6 +32,7 @@ def job_summary(job: AnalysisJob) -> dict:
         "frames_total": job.frames_total,
         "model": {"name": job.model_name, "version": job.model_version} if job.model_name else None,
         "worker": job.worker,
+        "task": job.task_id or None,
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,

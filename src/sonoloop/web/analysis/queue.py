@@ -84,7 +84,8 @@ def job_create(instance: Instance, retry_of: AnalysisJob | None = None) -> Analy
 def _enqueue(job: AnalysisJob) -> None:
     from .tasks import analyse_instance
 
-    analyse_instance.enqueue(job.pk)  # its task row is found by its argument (job_tasks)
+    job.task_id = str(analyse_instance.enqueue(job.pk).id)  # the row names its current task
+    AnalysisJob.objects.filter(pk=job.pk).update(task_id=job.task_id)
 
 
 def job_tasks(job_id: int):

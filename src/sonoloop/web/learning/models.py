@@ -27,6 +27,7 @@ class RetrainingJob(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=128, blank=True)
+    task_id = models.CharField(max_length=64, blank=True, help_text="The task (django-tasks) that runs it.")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

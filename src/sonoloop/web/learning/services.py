@@ -148,7 +148,11 @@ def retrain_create(user, *, parent: str, name: str, strategy: str, ratio: float 
         if enqueue:
             from .tasks import retrain_task
 
-            transaction.on_commit(lambda: retrain_task.enqueue(job.pk))
+            def enqueue():
+                task_id = str(retrain_task.enqueue(job.pk).id)
+                RetrainingJob.objects.filter(pk=job.pk).update(task_id=task_id)  # the row names its task
+
+            transaction.on_commit(enqueue)
     return job
 
 

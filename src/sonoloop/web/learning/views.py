@@ -65,7 +65,7 @@ def job_summary(job: RetrainingJob) -> dict:
     return {"id": job.pk, "name": job.name, "parent": job.parent.name, "strategy": job.strategy, "ratio": job.ratio,
             "hyperparameters": job.hyperparameters, "status": job.status, "reason": job.reason,
             "progress": job.progress, "result": job.result.name if job.result_id else None,
-            "created_at": job.created_at.isoformat(),
+            "task": job.task_id or None, "created_at": job.created_at.isoformat(),
             "finished_at": job.finished_at.isoformat() if job.finished_at else None}
 
 
