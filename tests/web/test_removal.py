@@ -19,7 +19,7 @@ from sonoloop.web.annotations import services as annotations
 from sonoloop.web.annotations.models import Annotation
 from sonoloop.web.archive import services
 from sonoloop.web.archive.models import Instance, Patient, Study
-from sonoloop.web.archive.store import Sender, StoreRefused
+from sonoloop.web.archive.ownership import Sender, StoreRefused
 from sonoloop.web.audit.models import AuditEvent
 from tests.web.conftest import user_with_role
 from tests.web.test_annotations import ai_labels, post, upload

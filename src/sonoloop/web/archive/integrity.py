@@ -16,7 +16,8 @@ from sonoloop.dicom import status
 from sonoloop.dicom.instance import InvalidInstance, read_instance
 
 from .models import Instance
-from .store import Sender, filestore, index_stored_file
+from .ownership import Sender
+from .store import filestore, index_stored_file
 
 log = logging.getLogger("sonoloop.archive")
 

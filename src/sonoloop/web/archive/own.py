@@ -3,7 +3,8 @@ their stable UIDs, and storing them through the same path as everything else."""
 
 from django.conf import settings
 
-from .store import Sender, StoreResult, instance_store
+from .ownership import Sender
+from .store import StoreResult, instance_store
 
 
 def dataset_store(dataset) -> StoreResult:

@@ -23,7 +23,7 @@ from sonoloop.web.audit.services import ACCESSED, Actor, audit_record
 
 from . import removal, trail
 from .models import Instance
-from .store import Sender, StoreRefused
+from .ownership import Sender, StoreRefused
 
 log = logging.getLogger("sonoloop.archive")
 

@@ -25,7 +25,8 @@ from sonoloop.web.audit.services import Actor
 from . import previews, trail
 from .models import Instance, Patient, Series, Study
 from .signals import instances_removing
-from .store import filestore, forget_cached_parents
+from .ownership import forget_cached_parents
+from .store import filestore
 
 _CHUNK = 500  # SQLite bounds the parameters of one query
 

@@ -1,6 +1,7 @@
-"""The archive's services, by concern — storing (``store``), the integrity check
-(``integrity``), querying (``querying``), peers (``peers``), what pages show
-(``presenting``), deleting (``removal``) and what Sonoloop makes itself (``own``) — gathered here for the views,
+"""The archive's services, by concern — storing (``store``), who may change what
+(``ownership``), deleting (``removal``), rejection notes (``rejection``), the integrity
+check (``integrity``), querying (``querying``), peers (``peers``), what pages show
+(``presenting``) and what Sonoloop makes itself (``own``) — gathered here for the views,
 commands and other apps that call them."""
 
 from sonoloop.dicom.filestore import FileStore, StorageFull, new_key  # noqa: F401
@@ -13,7 +14,5 @@ from .removal import (  # noqa: F401
     Removed, RemovalError, Removing, instance_remove, instances_removing, remove_instances, series_remove, study_remove,
 )
 from .querying import FIELDS, MODELS, apply_matches, instances_for, present_only, query_records  # noqa: F401
-from .store import (  # noqa: F401
-    Sender, StoreRefused, StoreResult, admin_sender, filestore, forget_cached_parents,
-    instance_path, instance_store, same_patient,
-)
+from .ownership import Sender, StoreRefused, admin_sender, forget_cached_parents, same_patient  # noqa: F401
+from .store import StoreResult, filestore, instance_path, instance_store  # noqa: F401
