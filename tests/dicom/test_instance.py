@@ -81,3 +81,29 @@ def test_a_decompression_bomb_is_refused_before_anything_decodes_it(samples):
     with pytest.raises(InvalidInstance, match="would decode to") as refused:
         read_instance(bomb, max_decoded_bytes=4 * 1024**3)
     assert refused.value.status == status.TOO_LARGE
+
+
+@pytest.mark.parametrize("pixel_bytes, accepted", [(4 * 6 * 2, True), (4 * 6 * 2 - 2, False)])
+def test_native_ybr_full_422_is_two_thirds_the_size_and_not_truncated(pixel_bytes, accepted):
+    """pydicom's expected length: native YBR_FULL_422 stores two samples per pixel, not three."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PlanarConfiguration = "US", 4, 6, 3, 0
+    ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = "YBR_FULL_422", 8, 8, 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(pixel_bytes)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    if accepted:
+        assert read_instance(buffer.getvalue())[1].photometric_interpretation == "YBR_FULL_422"
+    else:
+        with pytest.raises(InvalidInstance, match="truncated"):
+            read_instance(buffer.getvalue())

@@ -15,22 +15,22 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID
 
 from . import status
 from .attributes import INDEXED
 
+# Leading zeros in a UID component are against PS3.5 9.1 but real devices send them; pydicom's
+# UID.is_valid refuses them, this accepts them (digits and dots, at most 64 characters).
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
-# Transfer syntaxes whose Pixel Data is native (not encapsulated).
-NATIVE_SYNTAXES = {
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.2",
-}
+def is_native(transfer_syntax: str) -> bool:
+    """Pixel Data not encapsulated (pydicom's table); an unknown syntax counts as encapsulated."""
+    uid = UID(transfer_syntax)
+    return uid.is_transfer_syntax and not uid.is_encapsulated
 
 
 class InvalidInstance(ValueError):
@@ -111,29 +111,17 @@ def _uid(ds: Dataset, keyword: str, sop_instance_uid: str) -> str:
     return value
 
 
-def expected_native_length(ds: Dataset) -> int | None:
-    """Bytes that native Pixel Data must hold, or None when the attributes don't say."""
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    pixels = rows * cols * samples * frames
-    if bits == 1:
-        return (pixels + 7) // 8
-    return pixels * (bits // 8)
-
-
 def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_instance_uid: str) -> None:
     if "PixelData" not in ds:
         if "Rows" in ds and not any(k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")):
             raise InvalidInstance("the image has no Pixel Data: the dataset is truncated", status.TRUNCATED, sop_instance_uid)
         return
     data = ds.PixelData
-    if transfer_syntax in NATIVE_SYNTAXES:
-        expected = expected_native_length(ds)
+    if is_native(transfer_syntax):
+        try:  # pydicom's count: it knows that native YBR_FULL_422 is two thirds the size, and 1-bit pixels
+            expected = get_expected_length(ds, unit="bytes")
+        except (AttributeError, TypeError, ValueError, KeyError):
+            expected = None  # the attributes do not say
         if expected is not None and len(data) < expected:
             raise InvalidInstance(
                 f"Pixel Data holds {len(data)} bytes but Rows/Columns/frames need {expected}: the dataset is truncated",

@@ -27,8 +27,6 @@ def frame_array(path: Path, index: int) -> tuple[np.ndarray, object]:
     return pixel_array(path, index=index), header
 
 
-NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
-                             "1.2.840.10008.1.2.2"})
 # PS3.18 Table 8.7.3-2: the media type of a frame in each compressed transfer syntax
 FRAME_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+from highdicom.color import CIELabColor
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import pack_bits, unpack_bits
 from pydicom.sequence import Sequence
@@ -92,14 +93,8 @@ def _segment_item(number: int, name: str, algorithm: Algorithm | None) -> Datase
 
 
 def dicom_cielab(rgb: tuple[int, int, int]) -> list[int]:
-    """sRGB (0-255) → CIELab (D65) scaled to 0-65535 as DICOM stores it."""
-    linear = [((c / 255) / 12.92) if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
-    matrix = ((0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.1192, 0.9505))
-    white = (0.95047, 1.0, 1.08883)
-    xyz = [sum(m * c for m, c in zip(row, linear)) / w for row, w in zip(matrix, white)]
-    f = [t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29 for t in xyz]
-    lightness, a, b = 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
-    return [round(lightness * 65535 / 100), round((a + 128) * 65535 / 255), round((b + 128) * 65535 / 255)]
+    """sRGB (0-255) → CIELab (D65) scaled to 0-65535 as DICOM stores it (highdicom's conversion)."""
+    return list(CIELabColor.from_rgb(*rgb).value)
 
 
 def _copy(source: Dataset, target: Dataset, keywords: tuple[str, ...], required_empty: bool) -> None:
