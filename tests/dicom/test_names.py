@@ -15,3 +15,10 @@ from sonoloop.dicom.names import format_person_name
 ])
 def test_person_names_are_shown_family_comma_given(raw, shown):
     assert format_person_name(raw) == shown
+
+
+@pytest.mark.parametrize("raw, shown", [("20190124", "2019-01-24"), ("1994.01.", "1994.01."), ("", "")])
+def test_dates_are_shown_with_dashes_when_they_are_full_dates(raw, shown):
+    from sonoloop.dicom.names import format_date
+
+    assert format_date(raw) == shown

@@ -1,4 +1,5 @@
-"""Person names (PN) for people to read: "Family, Given Middle", not ``Family^Given^Middle``."""
+"""Person names (PN) and dates (DA) for people to read: "Family, Given Middle", not
+``Family^Given^Middle``; "2019-01-24", not ``20190124``."""
 
 from __future__ import annotations
 
@@ -22,3 +23,12 @@ def format_person_name(value: str) -> str:
     if extra:
         return f"{shown} ({'; '.join(extra)})" if shown else "; ".join(extra)
     return shown
+
+
+def format_date(value: str) -> str:
+    """``20190124`` → ``2019-01-24``; anything that is not a full DA value is shown as it is
+    (``1994.01.`` from old devices stays readable rather than wrong)."""
+    text = str(value or "").strip()
+    if len(text) == 8 and text.isdigit():
+        return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    return text
