@@ -308,3 +308,20 @@ def test_the_commands_retrain_list_and_promote(registry, approved, capsys):
         call_command("models", "promote", "tiny-cli", "--as", "vic")
     with pytest.raises(CommandError, match="no model version 'nope'"):
         call_command("retrain", "--parent", "nope", "--name", "x", "--strategy", "equal", "--as", "ada")
+
+
+def test_the_shipped_model_shows_the_numbers_it_was_published_with_when_nothing_is_held_out_here(config):
+    from sonoloop.ml.modelfolder import DEFAULT_MODEL
+
+    config(camus_dir="", auto_analysis=False)
+    shipped = services.version_register(DEFAULT_MODEL, origin=ModelVersion.SHIPPED, active=True)
+    published = json.loads((DEFAULT_MODEL / "model.json").read_text())["metrics"]
+    (source, dice), = [(k, v) for k, v in published.items() if "dice" in k]
+    viewer = Client()
+    viewer.force_login(user_with_role("val", "viewer"))
+    listed = viewer.get("/models/").content.decode()
+    shown = " / ".join(f"{k} {v:.3f}" for k, v in dice.items())
+    assert f"{shown} (published)" in listed and "not evaluated" not in listed
+    detail = viewer.get(f"/models/{shipped.name}/").content.decode()
+    assert "Published Dice" in detail and source in detail
+    assert services.version_summary(shipped)["published_dice"] == {"source": source, "dice": dice}

@@ -6,6 +6,7 @@ pages and commands that show both."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -255,6 +256,19 @@ def _finish(job: RetrainingJob, status: str, reason: str) -> None:
         status=status, reason=reason, finished_at=timezone.now())
 
 
+def published_dice(folder: str) -> dict | None:
+    """The Dice the version was published with, from its model.json (``metrics``): what the
+    pages show when no held-out set is configured here. None when it states none."""
+    try:
+        metrics = json.loads((Path(folder) / "model.json").read_text()).get("metrics") or {}
+    except (OSError, ValueError):
+        return None
+    for name, values in metrics.items():
+        if "dice" in name.lower() and isinstance(values, dict) and values:
+            return {"source": name, "dice": values}
+    return None
+
+
 def version_summary(version: ModelVersion, trend: dict | None = None) -> dict:
     trend = agreement_trend() if trend is None else trend
     return {
@@ -264,6 +278,7 @@ def version_summary(version: ModelVersion, trend: dict | None = None) -> dict:
         "active": version.is_active,
         "created_at": version.created_at.isoformat(),
         "heldout_dice": version.heldout_dice,
+        "published_dice": None if version.heldout_dice else published_dice(version.folder),
         "annotated_dice": version.annotated_dice,
         "annotation_agreement": trend.get(version.name),
         "evaluated_at": version.evaluated_at.isoformat() if version.evaluated_at else None,

@@ -43,6 +43,8 @@ class Command(BaseCommand):
             for version in ModelVersion.objects.select_related("parent"):
                 s = services.version_summary(version, trend)
                 dice = ", ".join(f"{k} {v:.3f}" for k, v in s["heldout_dice"].items()) or "not evaluated"
+                if s["published_dice"]:
+                    dice += " (published: " + ", ".join(f"{k} {v:.3f}" for k, v in s["published_dice"]["dice"].items()) + ")"
                 agreement = s["annotation_agreement"]
                 self.stdout.write(f"{'*' if s['active'] else ' '} {s['name']}  parent {s['parent'] or '—'}  "
                                   f"{s['origin']}  held-out: {dice}"
