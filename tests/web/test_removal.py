@@ -132,9 +132,11 @@ def test_deleting_one_instance_from_the_cli_takes_what_was_made_from_it_only(ana
     assert Instance.objects.filter(pk=other.pk).exists()
 
 
-def test_the_study_page_offers_deletion_to_admins_only_and_asks_why(analysed, django_capture_on_commit_callbacks):
-    cine, *_ = analysed
-    study_uid = cine.series.study.study_instance_uid
+def test_the_study_page_offers_deletion_to_admins_only_and_asks_why(config, samples,
+                                                                    django_capture_on_commit_callbacks):
+    config(auto_analysis=False)
+    image = services.instance_store(samples["us_native"].read_bytes(), sender=MODALITY).instance
+    study_uid = image.series.study.study_instance_uid
     page = f"/studies/{study_uid}/"
     assert "Delete this study" not in client_for("v", "viewer").get(page).content.decode()
     admin = client_for("boss", "admin")
