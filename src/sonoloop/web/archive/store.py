@@ -82,7 +82,7 @@ def _resend_outcome(existing: Instance, r: InstanceRecord, raw: bytes, sender: S
     return "replace"
 
 
-def _index(record: InstanceRecord, file_key: str, file_size: int, sender: Sender, raw: bytes
+def _index(record: InstanceRecord, file_key: str, file_size: int, sender: Sender, raw: bytes, sha256: str
            ) -> tuple[Instance, str | None, str]:
     """Write the index rows for ``record``; returns the instance, the file key it replaced and
     the outcome ("created", "replace", "same" or "keep": the last two index nothing)."""
@@ -107,7 +107,7 @@ def _index(record: InstanceRecord, file_key: str, file_size: int, sender: Sender
         "content_time": r.content_time,
         "file_key": file_key,
         "file_size": file_size,
-        "sha256": hashlib.sha256(raw).hexdigest(),
+        "sha256": sha256,
         "source_ae": sender.name[:64],
         "source_host": sender.host[:255],
     }
@@ -140,15 +140,20 @@ def _discard(written: Future, key: str) -> None:
     filestore().delete(key)
 
 
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()  # releases the GIL: runs beside the parsing and the fsync
+
+
 def _index_when_durable(record: InstanceRecord, key: str, raw: bytes, sender: Sender, written: Future,
-                        derived: bool = False):
+                        derived: bool = False, digest: Future | None = None):
     # The file is durable before the index row commits, and the database's write lock is not
     # held while the file's fsync runs (other associations commit meanwhile).
     written.result()
+    sha256 = digest.result() if digest is not None else _sha256(raw)
     for attempt in (1, 2):
         try:
             with transaction.atomic():
-                indexed = _index(record, key, len(raw), sender, raw)
+                indexed = _index(record, key, len(raw), sender, raw, sha256)
                 if indexed[2] in ("created", "replace"):
                     # receivers (the analysis job) commit or roll back with the index row
                     instance_indexed.send(sender=Instance, instance=indexed[0], created=indexed[1] is None,
@@ -212,6 +217,7 @@ def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str
     _check_room(len(raw))
     key = new_key()
     written = _file_writer().submit(filestore().put, raw, key)
+    digest = _file_writer().submit(_sha256, raw)  # for storage commitment, while the file is written
     try:
         dataset, record = read_instance(raw, expected, settings.CONFIG.max_decoded_mb * 1024 * 1024)
         if study_uid and record.study_instance_uid != study_uid:
@@ -221,7 +227,7 @@ def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str
             from .rejection import rejection_apply  # it deletes through removal, which imports this module
 
             rejection_apply(dataset, sender)  # a refused rejection refuses the note: nothing changes
-        instance, old_key, outcome = _index_when_durable(record, key, raw, sender, written, derived)
+        instance, old_key, outcome = _index_when_durable(record, key, raw, sender, written, derived, digest)
     except BaseException:
         _discard(written, key)
         raise
