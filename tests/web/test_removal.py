@@ -206,6 +206,7 @@ def test_a_rejection_note_for_quality_hides_the_images_from_queries_retrieval_an
     assert counted["NumberOfStudyRelatedInstances"] == 2
     assert client_for("v2", "viewer").get(f"/instances/{first.sop_instance_uid}/").status_code == 404
     assert list(annotations.approved_annotations()) == []  # not trained on
+    assert "rejected" in analysis.skip_reason(hidden)  # nor analysed
     # the same image sent again is refused, with the reason
     with pytest.raises(StoreRefused, match="was rejected"):
         services.instance_store(services.instance_path(hidden).read_bytes(), sender=MODALITY)

@@ -35,6 +35,8 @@ def skip_reason(instance: Instance) -> str | None:
         return f"not an echo image: {sop_class_name(instance.sop_class_uid)} is not segmented"
     if not instance.rows or not instance.columns:
         return "the instance has no image"
+    if instance.rejected_for:
+        return f"rejected by a rejection note (code {instance.rejected_for})"
     return None
 
 

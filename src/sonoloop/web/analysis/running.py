@@ -104,8 +104,8 @@ def _analyse(job: AnalysisJob) -> None:
     except FrameError as exc:
         raise AnalysisError(f"a frame cannot be segmented: {exc}") from None
     del frames
-    if not Instance.every.filter(pk=job.instance_id).exists():  # its SEG would bring the patient back
-        raise AnalysisError("the image was deleted while it was analysed; nothing is stored")
+    if not Instance.objects.filter(pk=job.instance_id).exists():  # its SEG would bring the patient back
+        raise AnalysisError("the image was deleted or rejected while it was analysed; nothing is stored")
     _record(job, model, analysis, *_store_outputs(analysis))
 
 
