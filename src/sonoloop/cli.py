@@ -60,8 +60,12 @@ def cmd_manage(args: argparse.Namespace) -> int:
     return _django(args.rest)
 
 
+PASSTHROUGH: set[str] = set()  # subcommands whose arguments Django's own command parses
+
+
 def _passthrough(sub, name: str, help: str) -> None:
     """A subcommand that is a Django management command of the same name, its arguments passed on."""
+    PASSTHROUGH.add(name)
     parser = sub.add_parser(name, help=help, add_help=False)
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     parser.set_defaults(func=lambda args: _django([name, *args.rest]))
@@ -202,7 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASSTHROUGH | {"manage"}:
+        # argparse's REMAINDER drops a first argument that looks like an option
+        # (`sonoloop delete --study …`): the command's own parser reads everything after its name
+        return _django(argv[1:] if argv[0] == "manage" else argv)
+    args = parser.parse_args(argv)
     return args.func(args)
 
 

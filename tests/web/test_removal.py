@@ -226,3 +226,13 @@ def test_a_rejection_note_for_expired_data_deletes_the_images(config, samples, d
                                    sender=MODALITY).instance
     services.instance_store(rejection_note([kept], codes.DCM.OfInterest), sender=MODALITY)
     assert Instance.objects.filter(pk=kept.pk).exists()
+
+
+def test_the_sonoloop_command_hands_option_first_arguments_to_the_django_command(config, capsys):
+    """`sonoloop delete --study …` (and `retrain --parent …`): argparse's REMAINDER used to
+    refuse a first argument that looks like an option."""
+    from sonoloop.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["delete", "--study", "1.2.3", "--reason", "test"])
+    assert exited.value.code == 1 and "there is no study 1.2.3" in capsys.readouterr().err
