@@ -86,3 +86,16 @@ def test_rendered_and_thumbnail_resources_answer_jpeg_or_png_for_series_instance
     assert client.get(f"{base}/frames/121/rendered").status_code == 404
     assert client.get(f"{base}/rendered", HTTP_ACCEPT="application/dicom").status_code == 406
     assert Client().get(f"{base}/rendered").status_code in (401, 403)
+
+
+@pytest.mark.parametrize("key, frames", [("cine_jpeg", (0, 59, 119)), ("us_j2k", (0,)), ("us_rle_palette", (0,)),
+                                         ("jpeg_ls", (0,))])
+def test_a_stored_frame_read_on_its_own_is_the_frame_pydicom_reads_from_the_whole_file(samples, key, frames):
+    from sonoloop.dicom.pixels import frame_stored_bytes
+
+    ds = dcmread(samples[key])
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    for index in frames:
+        assert frame_stored_bytes(samples[key], index) == get_frame(ds.PixelData, index, number_of_frames=count)
+    with pytest.raises(IndexError):
+        frame_stored_bytes(samples[key], count)

@@ -38,15 +38,24 @@ FRAME_MEDIA_TYPES = {
 }
 
 
+_ENCAPSULATED_PIXEL_DATA = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+
+
 def frame_stored_bytes(path: Path, index: int) -> bytes:
     """Frame ``index`` of an encapsulated (compressed) instance as stored: the codestream
-    itself (a JPEG file's bytes for JPEG), not decoded."""
-    ds = dcmread(path)
+    itself (a JPEG file's bytes for JPEG), not decoded. Only the header, the offset table and
+    that frame's fragments are read — a viewer asks for a cine frame by frame."""
+    with open(path, "rb") as fp:
+        header = dcmread(fp, stop_before_pixels=True)
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+        if not 0 <= index < frames:
+            raise IndexError(f"frame {index + 1} does not exist; the instance has {frames} frame(s)")
+        element = fp.read(12)  # tag, VR, reserved, undefined length: the encapsulated value follows
+        if element[:4] == _ENCAPSULATED_PIXEL_DATA and element[8:] == b"\xff\xff\xff\xff":
+            return get_frame(fp, index, number_of_frames=frames)
+    ds = dcmread(path)  # anything unusual: read it all
     if "PixelData" not in ds:
         raise NoPixelData("this instance has no image")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if not 0 <= index < frames:
-        raise IndexError(f"frame {index + 1} does not exist; the instance has {frames} frame(s)")
     return get_frame(ds.PixelData, index, number_of_frames=frames)
 
 
