@@ -236,3 +236,21 @@ def test_the_sonoloop_command_hands_option_first_arguments_to_the_django_command
     with pytest.raises(SystemExit) as exited:
         main(["delete", "--study", "1.2.3", "--reason", "test"])
     assert exited.value.code == 1 and "there is no study 1.2.3" in capsys.readouterr().err
+
+
+def test_a_rejection_note_that_names_nothing_is_refused_and_changes_nothing(config, samples):
+    from pydicom.filebase import DicomBytesIO
+
+    from sonoloop.dicom.instance import InvalidInstance
+
+    config(auto_analysis=False)
+    image = services.instance_store(samples["us_native"].read_bytes(), sender=MODALITY).instance
+    note = dcmread(DicomBytesIO(rejection_note([image], codes.DCM.RejectedForQualityReasons)))
+    del note.CurrentRequestedProcedureEvidenceSequence
+    buffer = io.BytesIO()
+    note.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(InvalidInstance, match="references no instances") as refused:
+        services.instance_store(buffer.getvalue(), sender=MODALITY)
+    assert refused.value.status == 0xC000
+    assert Instance.objects.filter(pk=image.pk).exists()
+    assert not Instance.every.filter(sop_instance_uid=note.SOPInstanceUID).exists()
