@@ -99,3 +99,33 @@ def test_a_stored_frame_read_on_its_own_is_the_frame_pydicom_reads_from_the_whol
         assert frame_stored_bytes(samples[key], index) == get_frame(ds.PixelData, index, number_of_frames=count)
     with pytest.raises(IndexError):
         frame_stored_bytes(samples[key], count)
+
+
+def test_metadata_points_at_the_pixel_data_with_an_absolute_bulkdata_uri_that_answers(config, samples):
+    config(auto_analysis=False)
+    cine = services.instance_store(samples["cine_jpeg"].read_bytes()).instance
+    native = services.instance_store(samples["us_native"].read_bytes()).instance
+    client = Client()
+    client.force_login(user_with_role("v", "viewer"))
+
+    def bulkdata_uri(item, host):
+        url = (f"/dicomweb/studies/{item.series.study.study_instance_uid}/series/"
+               f"{item.series.series_instance_uid}/instances/{item.sop_instance_uid}/metadata")
+        attributes = client.get(url, HTTP_HOST=host).json()[0]
+        assert "InlineBinary" not in attributes["7FE00010"]
+        return attributes["7FE00010"]
+
+    # the host the client reached (a proxy passing Host), so the URI resolves from where it asked
+    pixel = bulkdata_uri(cine, "viewer.example")
+    assert pixel["vr"] == "OB"
+    assert pixel["BulkDataURI"].startswith("http://viewer.example/dicomweb/studies/")
+    path = pixel["BulkDataURI"].removeprefix("http://viewer.example")
+    source = dcmread(samples["cine_jpeg"])
+    got = parts(client.get(path, HTTP_ACCEPT=OHIF))
+    assert [p for _, p in got] == [get_frame(source.PixelData, i, number_of_frames=120) for i in range(120)]
+
+    pixel = bulkdata_uri(native, "testserver")
+    whole = parts(client.get(pixel["BulkDataURI"].removeprefix("http://testserver")))
+    assert [p for _, p in whole] == [dcmread(samples["us_native"]).PixelData]  # decoded: one part, the value
+    other = client.get(pixel["BulkDataURI"].replace("7FE00010", "00280010"))
+    assert other.status_code == 404 and "Pixel Data" in other.json()["error"]

@@ -243,9 +243,29 @@ def metadata(request, study, series=None, instance=None):
     for item in instances:
         ds = dcmread(services.instance_path(item), stop_before_pixels=True)
         ds.remove_private_tags()
-        # Pixel Data is left out (it is served by .../frames); everything else is inline.
-        body.append(ds.to_json_dict(bulk_data_threshold=2**31))
+        # everything inline but Pixel Data, which is a BulkDataURI (and .../frames/{n})
+        attributes = ds.to_json_dict(bulk_data_threshold=2**31)
+        if "Rows" in ds:
+            attributes[PIXEL_DATA] = {"vr": _pixel_vr(ds), "BulkDataURI": _bulkdata_url(request, item)}
+        body.append(attributes)
     return JsonResponse(body, safe=False, content_type=DICOM_JSON)
+
+
+PIXEL_DATA = "7FE00010"
+
+
+def _pixel_vr(ds: Dataset) -> str:
+    encapsulated = "TransferSyntaxUID" in ds.file_meta and ds.file_meta.TransferSyntaxUID.is_encapsulated
+    return "OB" if encapsulated or int(ds.get("BitsAllocated", 8)) <= 8 else "OW"
+
+
+def _bulkdata_url(request, item: Instance) -> str:
+    """Absolute, from the request's own host and scheme: what a client reached, so it resolves
+    behind a reverse proxy that passes Host and X-Forwarded-Proto (README, "Stock OHIF v3")."""
+    series = item.series
+    return request.build_absolute_uri(
+        f"/dicomweb/studies/{series.study.study_instance_uid}/series/{series.series_instance_uid}"
+        f"/instances/{item.sop_instance_uid}/bulkdata/{PIXEL_DATA}")
 
 
 @api_login_required
@@ -262,6 +282,23 @@ def frames(request, study, series, instance, frame_list):
         return _error(400, f"at most {MAX_FRAMES_PER_REQUEST} frames per request")
     if any(not 1 <= n <= (item.number_of_frames or 1) for n in numbers):
         return _error(404, f"this instance has frames 1 to {item.number_of_frames or 1}")
+    return _frames_response(request, item, numbers)
+
+
+@api_login_required
+@require_http_methods(["GET"])
+def bulkdata(request, study, series, instance, attribute):
+    """The Pixel Data a metadata answer points at: every frame as its own part, as stored when the
+    Accept header allows it; decoded, the whole value as one part (PS3.18 8.5.1)."""
+    if attribute.upper() != PIXEL_DATA:
+        return _error(404, "only Pixel Data (7FE00010) is sent as bulk data; the rest is inline in the metadata")
+    item = instances_at(study, series, instance).first()
+    if item is None:
+        return _error(404, "no matching instance")
+    return _frames_response(request, item, list(range(1, (item.number_of_frames or 1) + 1)), whole=True)
+
+
+def _frames_response(request, item: Instance, numbers: list[int], whole: bool = False):
     answer = frame_answer(request.headers.get("Accept", ""), item.transfer_syntax_uid)
     if answer is None:
         return _error(406, f"frames of this instance are sent as stored ({item.transfer_syntax_uid}, "
@@ -277,6 +314,9 @@ def frames(request, study, series, instance, frame_list):
     except IndexError as exc:
         return _error(404, str(exc))
     trail.record_read(actor_of(request), item.series.study, "WADO-RS frames")
+    if whole and syntax == EXPLICIT_LE:
+        value = b"".join([first, *(read(path, n - 1) for n in numbers[1:])])
+        return multipart_response([("", value)], media, syntax)
     # one frame in memory at a time, however many are asked for
     rest = (("", read(path, n - 1)) for n in numbers[1:])
     return multipart_response(itertools.chain([("", first)], rest), media, syntax)

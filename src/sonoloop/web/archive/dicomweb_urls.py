@@ -21,6 +21,7 @@ urlpatterns = [
     path(I, dicomweb.instance_resource),
     path(f"{I}/metadata", dicomweb.metadata),
     path(f"{I}/frames/<str:frame_list>", dicomweb.frames),
+    path(f"{I}/bulkdata/<str:attribute>", dicomweb.bulkdata),
     # consumer images for viewers (PS3.18 8.3.5, 8.3.6)
     path(f"{S}/thumbnail", rendered.thumbnail),
     path(f"{SE}/thumbnail", rendered.thumbnail),
