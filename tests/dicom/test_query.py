@@ -125,3 +125,24 @@ def test_keys_the_index_lacks_are_matched_and_answered_from_the_files():
     assert value_matches(Match("OperatorsName", "single", value="doe^jane"), "Doe^Jane")  # PN ignores case
     assert not value_matches(Match("InstitutionName", "single", value="st mary"), "St Mary")
     assert value_matches(Match("AcquisitionDate", "range", low="20200101", high="20201231"), "20200615")
+
+
+def test_the_json_written_directly_is_what_pydicom_writes_for_the_response_dataset():
+    from sonoloop.dicom.query import response_json
+
+    query = Query(level="STUDY", root="STUDY", return_keys=[
+        "PatientName", "PatientID", "StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedInstances",
+        "NumberOfStudyRelatedSeries", "StudyDescription", "ReferencedStudySequence", "PatientWeight",
+        "AccessionNumber", "InstanceNumber", "RetrieveAETitle"])
+    records = [
+        {"PatientName": "Yamada^Tarou=山田^太郎=やまだ^たろう", "PatientID": "P1", "StudyDate": "20190124",
+         "ModalitiesInStudy": "US\\SR", "NumberOfStudyRelatedInstances": 12, "NumberOfStudyRelatedSeries": 0,
+         "StudyDescription": "Écho cœur", "PatientWeight": "72.5", "AccessionNumber": "", "InstanceNumber": "7",
+         "RetrieveAETitle": "SONOLOOP"},
+        {"PatientName": "", "PatientID": "P2", "ModalitiesInStudy": "US", "PatientWeight": "80",
+         "NumberOfStudyRelatedInstances": None, "InstanceNumber": None},
+    ]
+    for record in records:
+        expected = build_response(query, record).to_json_dict()
+        del expected["00080052"]  # Query/Retrieve Level: C-FIND's, not QIDO-RS's
+        assert response_json(query, record) == expected

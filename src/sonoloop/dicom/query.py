@@ -8,6 +8,7 @@ The archive turns a :class:`Query` into a database query; this module knows DICO
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 from dataclasses import dataclass, field
 
 from pydicom.charset import convert_encodings, decode_bytes, encode_string
@@ -228,3 +229,42 @@ def build_response(query: Query, record: dict, charset: str | list[str] | None =
             value = None
         setattr(ds, keyword, value)
     return ds
+
+
+_NUMBERS = {"IS": int, "DS": float, "US": int, "UL": int, "SS": int, "SL": int, "UV": int, "SV": int,
+            "FL": float, "FD": float}
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+@lru_cache(maxsize=512)
+def _tag_and_vr(keyword: str) -> tuple[str, str]:
+    tag = tag_for_keyword(keyword)
+    return f"{tag:08X}", dictionary_VR(tag)
+
+
+def _json_value(vr: str, value: str):
+    if vr == "PN":
+        return {group: text for group, text in zip(_PN_GROUPS, value.split("=")) if text}
+    if vr in _NUMBERS:
+        number = _NUMBERS[vr](value)
+        return int(number) if vr == "DS" and number.is_integer() else number
+    return value
+
+
+def response_json(query: Query, record: dict) -> dict:
+    """:func:`build_response` (without Query/Retrieve Level) as DICOM JSON (PS3.18 F.2), written
+    directly: a QIDO-RS page holds hundreds of these, and a pydicom Dataset per row cost 0.7 ms."""
+    out = {"00080005": {"vr": "CS", "Value": [UTF8]}}
+    for keyword in query.return_keys:
+        tag, vr = _tag_and_vr(keyword)
+        value = record.get(keyword)
+        if vr == "SQ":
+            out[tag] = {"vr": vr, "Value": []}
+            continue
+        if value is None or value == "":
+            out[tag] = {"vr": vr}
+            continue
+        items = value.split("\\") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+        out[tag] = {"vr": vr, "Value": [None if v is None or v == "" else _json_value(vr, v) if isinstance(v, str) else v
+                                        for v in items]}
+    return dict(sorted(out.items()))

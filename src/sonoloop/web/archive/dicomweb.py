@@ -16,7 +16,7 @@ from pydicom.tag import Tag
 
 from sonoloop.dicom.instance import InvalidInstance
 from sonoloop.dicom.pixels import FRAME_MEDIA_TYPES, NoPixelData, frame_native_bytes, frame_stored_bytes
-from sonoloop.dicom.query import Match, Query, QueryError, build_response, match_for
+from sonoloop.dicom.query import Match, Query, QueryError, match_for, response_json
 from sonoloop.web.accounts.auth import api_login_required
 from sonoloop.web.accounts.roles import has_role
 from sonoloop.web.audit.services import actor_of
@@ -114,9 +114,7 @@ def _search(request, level: str, **fixed):
     body = []
     # one more than asked for tells whether the answer was cut
     for record in services.query_records(query, limit=limit + 1, offset=offset):
-        ds = build_response(query, record)
-        del ds.QueryRetrieveLevel
-        body.append(ds.to_json_dict())
+        body.append(response_json(query, record))
     response = JsonResponse(body[:limit], safe=False, content_type=DICOM_JSON)
     if len(body) > limit:
         # PS3.18 8.3.4.4: fewer results than match, and how to ask for the rest

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -80,11 +81,6 @@ def apply_matches(qs: QuerySet, base: str, matches: list[Match]) -> QuerySet:
     return qs
 
 
-_PRESENT = {  # the path from each level to its instances, which must not be rejected (IOCM)
-    "PATIENT": "studies__series__instances",
-    "STUDY": "series__instances",
-    "SERIES": "instances",
-}
 
 
 _INSIDE = {"PATIENT": "series__study__patient", "STUDY": "series__study", "SERIES": "series"}  # instance → level
@@ -98,19 +94,24 @@ def present_only(qs: QuerySet, level: str) -> QuerySet:
 
 
 def _counted(qs: QuerySet, level: str) -> QuerySet:
-    present = {level_: Q(**{f"{path}__rejected_for": ""}) for level_, path in _PRESENT.items()}
+    """The Number of … Related … attributes, as correlated subqueries over the instances present:
+    evaluated for the rows a page returns only. (A JOIN with GROUP BY counted every match before
+    LIMIT: 0.9 s for a `Smi*` study search on 10,000 instances.)"""
     if level == "PATIENT":
-        return qs.annotate(
-            n_studies=Count("studies", distinct=True, filter=present["PATIENT"]),
-            n_series=Count("studies__series", distinct=True, filter=present["PATIENT"]),
-            n_instances=Count("studies__series__instances", distinct=True, filter=present["PATIENT"]),
-        )
+        return qs.annotate(n_studies=_present_count(level, "series__study"),
+                           n_series=_present_count(level, "series"), n_instances=_present_count(level))
     if level == "STUDY":
-        return qs.annotate(n_series=Count("series", distinct=True, filter=present["STUDY"]),
-                           n_instances=Count("series__instances", distinct=True, filter=present["STUDY"]))
+        return qs.annotate(n_series=_present_count(level, "series"), n_instances=_present_count(level))
     if level == "SERIES":
-        return qs.annotate(n_instances=Count("instances", distinct=True, filter=present["SERIES"]))
+        return qs.annotate(n_instances=_present_count(level))
     return qs
+
+
+def _present_count(level: str, distinct: str | None = None):
+    inside = _INSIDE[level]
+    instances = Instance.objects.filter(**{inside: OuterRef("pk")}).order_by().values(inside)
+    counted = instances.annotate(n=Count(distinct, distinct=True) if distinct else Count("pk")).values("n")
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
 
 
 _COUNT_KEYWORDS = {
