@@ -244,6 +244,63 @@ def test_paint_erase_undo_save_reload_and_the_stored_masks_differ_exactly_where_
     page.close()
 
 
+def screenshot(page, name: str, tmp_path):
+    """Into SONOLOOP_SCREENSHOTS when it is set (the README's pictures come from such a run)."""
+    import os
+    from pathlib import Path
+
+    folder = Path(os.environ.get("SONOLOOP_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"))
+
+
+def test_the_worklist_shows_the_analysed_loop_and_the_review_filter_finds_it_once_submitted(
+        server, cine, browser, tmp_path):
+    import json
+
+    from sonoloop.web.annotations.document import CLASSES, rle_encode
+
+    info = requests.get(f"{server.url}/api/instances/{cine}", auth=AUTH, timeout=30).json()
+    rows, columns = info["rows"], info["columns"]
+    page, errors = log_in(browser, server, "admin", ADMIN_PASSWORD)  # lands on the worklist
+    row = page.locator("#study-table tbody tr", has=page.locator(".ai-state"))
+    assert row.count() == 1
+    ai_cell = row.locator(".ai-state")
+    assert ai_cell.get_attribute("class").split()[-1] in ("ai-done", "ai-unreliable"), ai_cell.inner_text()
+    ef = row.locator(".ef").inner_text()
+    assert "%" in ef or "not reported" in ef, ef
+    assert "none" in row.locator(".annotation-state").inner_text() or "draft" in row.locator(".annotation-state").inner_text()
+    screenshot(page, "worklist", tmp_path)
+
+    # an expert's annotation of frame 1, submitted for review
+    body = {"schema_version": 1, "rows": rows, "columns": columns, "number_of_frames": info["number_of_frames"],
+            "classes": {str(k): v for k, v in CLASSES.items()}, "frames": [1],
+            "masks": {"1": {"encoding": "rle", "counts": rle_encode(ai_frame(server, cine, 1, rows, columns))}},
+            "started_from_result": 1}
+    saved = requests.post(f"{server.url}/api/instances/{cine}/annotations", data=json.dumps(body), auth=AUTH,
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    assert saved.status_code == 201, saved.text
+    submitted = requests.post(f"{saved.json()['url']}/status", data=json.dumps({"status": "submitted"}), auth=AUTH,
+                              headers={"Content-Type": "application/json"}, timeout=30)
+    assert submitted.status_code == 200, submitted.text
+
+    page.select_option("#worklist-show", "needs-review")
+    page.click("form.search button")
+    page.wait_for_url("**show=needs-review**")
+    rows_shown = page.locator("#study-table tbody tr")
+    assert rows_shown.count() == 1 and "submitted" in rows_shown.first.locator(".annotation-state").inner_text()
+    page.select_option("#worklist-show", "ef-below-40")
+    page.click("form.search button")
+    page.wait_for_url("**show=ef-below-40**")
+    reliable_ef = float(ef.split("%")[0]) if "%" in ef and "unreliable" not in ef else None
+    if reliable_ef is not None and reliable_ef < 40:
+        assert page.locator("#study-table tbody tr .ef").count() == 1
+    else:
+        assert "No study matches" in page.inner_text("#study-table")
+    assert not errors, errors
+    page.close()
+
+
 def test_cine_plays_at_the_files_frame_rate(server, cine, browser, samples):
     frame_time = float(dcmread(samples["cine_jpeg"], stop_before_pixels=True).get("FrameTime", 0) or 0)
     page, errors = log_in(browser, server, "admin", ADMIN_PASSWORD)

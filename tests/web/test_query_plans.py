@@ -25,7 +25,7 @@ def test_a_study_search_counts_and_checks_present_instances_through_the_series_i
     query = Query(level="STUDY", root="STUDY", return_keys=["PatientName"])
     query.add(match_for("PatientName", "Smi*"))
     qs = Study.objects.select_related("patient")
-    qs = querying._counted(querying.present_only(querying.apply_matches(qs, "STUDY", query.matches), "STUDY"), "STUDY")
+    qs = querying.with_counts(querying.present_only(querying.apply_matches(qs, "STUDY", query.matches), "STUDY"), "STUDY")
     plan = plan_of(qs.order_by("pk")[:26])
     assert "rejected" not in plan, plan
     assert plan.count("archive_instance_series_id") == 3, plan  # the EXISTS and both counts

@@ -25,3 +25,11 @@ class AnalysisConfig(AppConfig):
             INSTANCE_PANELS.append(instance_panel)
         if study_panel not in STUDY_PANELS:
             STUDY_PANELS.append(study_panel)
+
+        from sonoloop.web.archive.panels import STUDY_LIST_COLUMNS, STUDY_LIST_FILTERS
+
+        from . import worklist
+
+        if worklist.study_columns not in STUDY_LIST_COLUMNS:
+            STUDY_LIST_COLUMNS.append(worklist.study_columns)
+        STUDY_LIST_FILTERS.update(worklist.FILTERS)

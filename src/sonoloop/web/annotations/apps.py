@@ -21,3 +21,11 @@ class AnnotationsConfig(AppConfig):
             INSTANCE_PANELS.append(views.instance_panel)
         if views.instance_api_section not in INSTANCE_API_SECTIONS:
             INSTANCE_API_SECTIONS.append(views.instance_api_section)
+
+        from sonoloop.web.archive.panels import STUDY_LIST_COLUMNS, STUDY_LIST_FILTERS
+
+        from . import worklist
+
+        if worklist.study_columns not in STUDY_LIST_COLUMNS:
+            STUDY_LIST_COLUMNS.append(worklist.study_columns)
+        STUDY_LIST_FILTERS.update(worklist.FILTERS)

@@ -36,3 +36,19 @@ def instance_api_sections(request, instance) -> dict:
     for provider in INSTANCE_API_SECTIONS:
         extra.update(provider(request, instance))
     return extra
+
+
+# -- the worklist (the study list) ---------------------------------------------------------
+# Columns other apps fill for one page of studies: ``(studies) -> {study pk: {key: value}}``,
+# one query per app and page; the template shows the keys it knows.
+STUDY_LIST_COLUMNS: list = []
+# Filters other apps offer: name → (label, ``(queryset) -> queryset``), applied before paging.
+STUDY_LIST_FILTERS: dict = {}
+
+
+def study_list_columns(studies) -> dict[int, dict]:
+    columns: dict[int, dict] = {study.pk: {} for study in studies}
+    for provider in STUDY_LIST_COLUMNS:
+        for pk, values in provider(studies).items():
+            columns.setdefault(pk, {}).update(values)
+    return columns

@@ -93,7 +93,7 @@ def present_only(qs: QuerySet, level: str) -> QuerySet:
     return qs.filter(Exists(Instance.objects.filter(**{_INSIDE[level]: OuterRef("pk")})))
 
 
-def _counted(qs: QuerySet, level: str) -> QuerySet:
+def with_counts(qs: QuerySet, level: str) -> QuerySet:
     """The Number of … Related … attributes, as correlated subqueries over the instances present:
     evaluated for the rows a page returns only. (A JOIN with GROUP BY counted every match before
     LIMIT: 0.9 s for a `Smi*` study search on 10,000 instances.)"""
@@ -171,7 +171,7 @@ def query_records(query: Query, limit: int | None = None, offset: int = 0):
     level = query.level
     qs = MODELS[level].objects.select_related(*_SELECT_RELATED[level])
     qs = present_only(apply_matches(qs, level, query.matches), level)
-    qs = _counted(qs, level).order_by("pk")
+    qs = with_counts(qs, level).order_by("pk")
     by_file = bool(query.file_matches or query.file_keys)
     paged = limit is not None and not query.file_matches
     if paged:

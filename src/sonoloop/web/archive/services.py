@@ -13,6 +13,6 @@ from .presenting import instance_attributes, instance_preview_png, instance_summ
 from .removal import (  # noqa: F401
     Removed, RemovalError, Removing, instance_remove, instances_removing, remove_instances, series_remove, study_remove,
 )
-from .querying import FIELDS, MODELS, apply_matches, instances_for, present_only, query_records  # noqa: F401
+from .querying import FIELDS, MODELS, apply_matches, instances_for, present_only, query_records, with_counts  # noqa: F401
 from .ownership import Sender, StoreRefused, admin_sender, forget_cached_parents, same_patient  # noqa: F401
 from .store import StoreResult, filestore, instance_path, instance_store  # noqa: F401

@@ -20,7 +20,7 @@ from sonoloop.web.audit.services import actor_of
 from sonoloop.web.bodies import large_body_limit
 
 from . import services, trail
-from .panels import instance_api_sections, instance_panels, study_panels
+from .panels import STUDY_LIST_FILTERS, instance_api_sections, instance_panels, study_list_columns, study_panels
 from .models import Instance, Patient, Series, Study
 
 log = logging.getLogger("sonoloop.web")
@@ -30,15 +30,15 @@ PAGE_SIZE = 25
 
 @role_required("viewer")
 def study_list(request):
+    """The worklist: studies newest first, searched, filtered by what other apps offer (needs
+    review, low EF, AI failed …) and annotated per page with their columns (AI state, EF …)."""
     q = request.GET.get("q", "").strip()
     date_from = request.GET.get("from", "").replace("-", "").strip()
     date_to = request.GET.get("to", "").replace("-", "").strip()
     modality = request.GET.get("modality", "").strip().upper()
-    present = Q(series__instances__rejected_for="")
-    studies = services.present_only(Study.objects.select_related("patient"), "STUDY").annotate(
-        n_series=Count("series", distinct=True, filter=present),
-        n_instances=Count("series__instances", distinct=True, filter=present),
-    ).order_by("-study_date", "-study_time", "-id")
+    show = request.GET.get("show", "")
+    studies = services.with_counts(services.present_only(Study.objects.select_related("patient"), "STUDY"), "STUDY")
+    studies = studies.order_by("-study_date", "-study_time", "-id")
     if q:
         studies = studies.filter(
             Q(patient__patient_name__icontains=q)
@@ -53,15 +53,21 @@ def study_list(request):
         studies = studies.filter(study_date__lte=date_to)
     if modality:
         studies = studies.filter(modalities__contains=modality)
+    if show in STUDY_LIST_FILTERS:
+        studies = STUDY_LIST_FILTERS[show][1](studies)
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
+    columns = study_list_columns(page.object_list)
+    rows = [(study, columns.get(study.pk, {})) for study in page]
     params = request.GET.copy()
     params.pop("page", None)
-    return render(
-        request,
-        "archive/study_list.html",
-        {"page": page, "q": q, "date_from": request.GET.get("from", ""), "date_to": request.GET.get("to", ""),
-         "modality": modality, "querystring": params.urlencode()},
-    )
+    context = {"page": page, "rows": rows, "q": q, "date_from": request.GET.get("from", ""),
+               "date_to": request.GET.get("to", ""), "modality": modality, "show": show,
+               "filters": [(name, label) for name, (label, _) in STUDY_LIST_FILTERS.items()],
+               "in_progress": any(c.get("ai_state") in ("queued", "running") for c in columns.values()),
+               "querystring": params.urlencode()}
+    if request.GET.get("rows") == "1":  # the running jobs' rows, refreshed by the page itself
+        return render(request, "archive/_study_rows.html", context)
+    return render(request, "archive/study_list.html", context)
 
 
 @role_required("viewer")
