@@ -485,7 +485,11 @@ function annotationRow(a) {
   if (a.status === 'draft' && config.can_save) button('Submit', () => changeStatus(a, 'submitted'));
   if (a.status === 'submitted' && config.can_review) {
     button('Approve', () => changeStatus(a, 'approved'));
-    button('Return', () => changeStatus(a, 'draft'));
+    button('Return', () => {
+      // the annotator sees why in the annotation's history
+      const note = window.prompt(`Why is v${a.version} returned to ${a.author}?`);
+      if (note !== null) changeStatus(a, 'draft', note);
+    });
   }
   if (a.status === 'approved' && config.can_review && !a.segmentation) button('Export SEG', () => exportSeg(a));
   row.appendChild(actions);
@@ -521,9 +525,9 @@ async function openAnnotation(a) {
   say(`Opened annotation v${detail.version}; saving makes a new version.`);
 }
 
-async function changeStatus(a, status) {
+async function changeStatus(a, status, note = '') {
   try {
-    await api(`${config.annotation_api}${a.id}/status`, { method: 'POST', body: JSON.stringify({ status }) });
+    await api(`${config.annotation_api}${a.id}/status`, { method: 'POST', body: JSON.stringify({ status, note }) });
     say(`Annotation v${a.version} is now ${status}.`);
   } catch (error) {
     say(`Could not change v${a.version}: ${error.message}`, true);

@@ -300,6 +300,26 @@ def test_the_worklist_shows_the_analysed_loop_and_the_review_filter_finds_it_onc
     assert not errors, errors
     page.close()
 
+    # another reviewer: the review queue lists it, the editor opens it, Approve takes it off the queue
+    subprocess.run([sonoloop_bin(), "manage", "roles", "grant", "rita", "reviewer", "--create"], env=server.env,
+                   input="reviewer-pass-1\n", text=True, check=True, capture_output=True)
+    page, errors = log_in(browser, server, "rita", "reviewer-pass-1")
+    page.click("header nav a:text('Review')")
+    queued = page.locator("#review-table tbody tr[data-annotation]")
+    assert queued.count() == 1 and "admin" in queued.first.inner_text()
+    screenshot(page, "review-queue", tmp_path)
+    queued.first.locator("a:text('Open')").click()
+    wait_until(page, f"{READY} === 'ready'", timeout=60_000)
+    version = saved.json()["version"]
+    wait_until(page, f"document.querySelector('#sonoloop-editor').dataset.openedVersion === '{version}'")
+    page.click(f"#annotation-list tbody tr[data-version='{version}'] button:text('Approve')")
+    wait_until(page, f"document.querySelector(\"#annotation-list tbody tr[data-version='{version}']\")"
+                     ".className === 'approved'", timeout=30_000)
+    page.goto(f"{server.url}/review/")
+    assert "Nothing waits for review." in page.inner_text("#review-table")
+    assert not errors, errors
+    page.close()
+
 
 def test_cine_plays_at_the_files_frame_rate(server, cine, browser, samples):
     frame_time = float(dcmread(samples["cine_jpeg"], stop_before_pixels=True).get("FrameTime", 0) or 0)

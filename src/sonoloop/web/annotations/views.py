@@ -37,6 +37,19 @@ def instance_panel(request, instance: Instance):
                                                       "editor_url": reverse("annotations:editor", args=[instance.sop_instance_uid])})
 
 
+@role_required("reviewer")
+def review_queue(request):
+    """Submitted annotations from others, oldest first, with the AI-vs-expert agreement."""
+    waiting = (Annotation.objects.filter(status=Annotation.SUBMITTED, instance__isnull=False)
+               .exclude(author=request.user)
+               .select_related("author", "instance__series__study__patient")
+               .order_by("status_changed_at", "created_at", "pk"))
+    rows = [(a, [(name, (a.agreement.get("dice") or {}).get(name)) for name in document.CLASSES.values()])
+            for a in waiting[:200]]
+    return render(request, "annotations/review_queue.html",
+                  {"rows": rows, "structures": list(document.CLASSES.values()), "total": waiting.count()})
+
+
 def instance_api_section(request, instance: Instance) -> dict:
     if not _editable(instance):
         return {"editor_url": None, "annotations": []}
