@@ -81,8 +81,6 @@ def apply_matches(qs: QuerySet, base: str, matches: list[Match]) -> QuerySet:
     return qs
 
 
-
-
 _INSIDE = {"PATIENT": "series__study__patient", "STUDY": "series__study", "SERIES": "series"}  # instance → level
 
 
