@@ -145,11 +145,11 @@ def test_a_single_frame_echo_gets_its_seg_and_areas(server, samples, tmp_path):
 def test_a_killed_worker_is_replaced_and_its_job_runs_again(server, samples, tmp_path):
     from sonoloop.dicom.samples import write_copies
 
-    (path,) = write_copies(samples["cine_jpeg"], tmp_path / "copy", 1)
+    (path,) = write_copies(samples["cine_30"], tmp_path / "copy", 1)  # 30 frames: seconds of model time
     send(server, path, "-xy")
     uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
     wait_for_job(server, uid, predicate=lambda a: a["jobs"] and a["jobs"][0]["status"] == "running"
-                 and 0 < a["jobs"][0]["frames_done"] < 100, timeout=120)
+                 and 0 < a["jobs"][0]["frames_done"] < 30, timeout=120)
     workers = [pid for pid in _descendants(server.process.pid)
                if b"worker" in open(f"/proc/{pid}/cmdline", "rb").read() and
                b"manage" in open(f"/proc/{pid}/cmdline", "rb").read()]

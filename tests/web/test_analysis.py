@@ -28,6 +28,30 @@ def store(path) -> Instance:
     return instance_store(path.read_bytes()).instance
 
 
+@pytest.fixture(scope="module")
+def small_model_folder(tmp_path_factory):
+    """An untrained small network: for tests of the job's plumbing, where the shipped model's
+    seconds per frame buy nothing (its masks are still real masks, written and measured)."""
+    import torch
+
+    from sonoloop.ml.modelfolder import save_model
+    from sonoloop.ml.network import build_network
+    from sonoloop.ml.spec import CLASSES, TINY_ARCHITECTURE, TINY_PREPROCESSING
+
+    architecture = {**TINY_ARCHITECTURE, "filters": [8, 16, 32]}
+    torch.manual_seed(0)
+    return save_model(tmp_path_factory.mktemp("models") / "small", build_network(architecture), {
+        "name": "small-untrained", "architecture": architecture, "classes": CLASSES,
+        "preprocessing": TINY_PREPROCESSING, "postprocessing": {"largest_component": True}})
+
+
+@pytest.fixture
+def small_model(config, small_model_folder):
+    config(model=str(small_model_folder), inference_engine="fp32")
+    yield small_model_folder
+    running._model = None
+
+
 def test_storing_an_echo_queues_a_job_in_the_same_transaction(config, samples):
     instance = store(samples["cine_30"])
     job = AnalysisJob.objects.get(instance=instance)
@@ -84,7 +108,7 @@ def test_a_cine_is_segmented_stored_as_seg_and_measured(config, samples):
     assert [e.value for e in ejection.get_qualitative_evaluations(name=sr.EF_QUALITY)] == [sr.UNRELIABLE["no_beat"]]
 
 
-def test_the_worker_and_sonoloop_predict_run_the_same_pipeline(config, samples, tmp_path):
+def test_the_worker_and_sonoloop_predict_run_the_same_pipeline(config, small_model, samples, tmp_path):
     from PIL import Image
 
     from sonoloop.cli import main
@@ -94,7 +118,8 @@ def test_the_worker_and_sonoloop_predict_run_the_same_pipeline(config, samples, 
     assert services.job_run(job.pk) == AnalysisJob.DONE
     result = AnalysisResult.objects.get(job=job)
     engine = services.active_model().segmenter.engine.name
-    assert main(["predict", str(samples["cine_30"]), "--out", str(tmp_path), "--engine", engine]) == 0
+    assert main(["predict", str(samples["cine_30"]), "--out", str(tmp_path), "--engine", engine,
+                 "--model", str(small_model)]) == 0
 
     cli = json.loads((tmp_path / "measurements.json").read_text())
     worker = result.measurements
@@ -158,7 +183,7 @@ def test_a_job_whose_worker_was_lost_is_requeued_then_failed_after_three_losses(
     assert fresh.status == AnalysisJob.RUNNING
 
 
-def test_running_again_makes_a_new_version_and_keeps_the_old(config, samples):
+def test_running_again_makes_a_new_version_and_keeps_the_old(config, small_model, samples):
     instance = store(samples["cine_30"])
     job = AnalysisJob.objects.get(instance=instance)
     services.job_run(job.pk)
@@ -172,7 +197,7 @@ def test_running_again_makes_a_new_version_and_keeps_the_old(config, samples):
     assert AnalysisResult.objects.filter(instance=instance).count() == 2
 
 
-def test_a_job_run_again_after_a_crash_replaces_its_seg_and_sr_instead_of_orphaning_them(config, samples,
+def test_a_job_run_again_after_a_crash_replaces_its_seg_and_sr_instead_of_orphaning_them(config, small_model, samples,
                                                                                       monkeypatch):
     """The SEG and SR are stored before the result row commits; a worker killed in between is
     re-queued, and the second run writes objects with the same UIDs (derived from the job)."""
@@ -210,7 +235,7 @@ def test_jobs_command_lists_and_retries(config, samples, capsys):
         call_command("jobs", "retry", str(job.pk))
 
 
-def test_a_measurement_that_breaks_keeps_the_segmentation_and_says_so(config, samples, monkeypatch):
+def test_a_measurement_that_breaks_keeps_the_segmentation_and_says_so(config, small_model, samples, monkeypatch):
     def broken(*args, **kwargs):
         raise FloatingPointError("division by zero in the long axis")
 

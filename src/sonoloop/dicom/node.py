@@ -242,6 +242,7 @@ class DicomNode:
     def stop(self) -> None:
         if self.server is not None:
             self.server.shutdown()
+            self.server = None
 
     def drain(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for open associations to end, then shut down."""
@@ -302,6 +303,11 @@ class DicomNode:
 
     def _ended(self, event) -> None:
         self._uncount(event)
+        if event.event is evt.EVT_CONN_CLOSE and getattr(event.assoc.requestor, "primitive", None) is None:
+            # Closed before any A-ASSOCIATE-RQ came (a port probe, a health check): pynetdicom's
+            # acceptor would wait out the whole ACSE timeout for a request that cannot come,
+            # holding a thread and delaying shutdown. An empty item wakes it, as its timeout would.
+            event.assoc.dul.to_user_queue.put(None)
         # a C-STORE cut off mid-way leaves pynetdicom's spool file behind
         message = getattr(getattr(event.assoc, "dimse", None), "message", None)
         spooled = getattr(message, "_data_set_path", None)
