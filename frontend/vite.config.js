@@ -10,9 +10,9 @@ export default defineConfig({
     reportCompressedSize: false,
     chunkSizeWarningLimit: 6000,
     rollupOptions: {
-      input: 'src/editor.js',
+      input: { editor: 'src/editor.js', player: 'src/player.js' },
       output: {
-        entryFileNames: 'editor.js',
+        entryFileNames: '[name].js',
         chunkFileNames: 'chunks/[name]-[hash].js',
         assetFileNames: 'assets/[name]-[hash][extname]',
       },

@@ -14,7 +14,10 @@ import {
   utilities as coreUtils,
 } from '@cornerstonejs/core';
 import * as tools from '@cornerstonejs/tools';
-import { rleDecode, rleEncode, fillPolygon } from './rle.js';
+import { rleEncode, fillPolygon } from './rle.js';
+import {
+  api as request, webglAvailable, frameImageIds, decodeMasks as decode, frameRate, markPhases, prefetchFrames, Cine,
+} from './common.js';
 
 const {
   BrushTool, PanTool, ZoomTool, WindowLevelTool, StackScrollTool, ToolGroupManager, segmentation,
@@ -22,6 +25,7 @@ const {
 } = tools;
 
 const SEGMENTATION_ID = 'sonoloop-labels';
+const AI_SEGMENTATION_ID = 'sonoloop-ai'; // the AI result beside an opened annotation
 const TOOL_GROUP_ID = 'sonoloop-editor';
 const VIEWPORTS = ['original', 'overlay'];
 const history = coreUtils.HistoryMemo.DefaultHistoryMemo;
@@ -39,13 +43,12 @@ const state = {
   rows: 0,
   columns: 0,
   frame: 0,
-  playing: false,
-  fps: 30,
   tool: 'Brush',
   structure: 1,
   aiResult: null, // {version, masks: Map(frame index -> Uint8Array)}
   opened: null, // annotation summary being edited from
   touched: new Set(), // 0-based frames edited or accepted since the last load
+  comparing: null, // {version, masks} of the AI result shown on the left instead of outlines
 };
 
 function setViewerState(value, message = '') {
@@ -62,45 +65,11 @@ function say(message, isError = false) {
   box.classList.toggle('error', isError);
 }
 
-async function api(url, options = {}) {
-  const headers = { Accept: 'application/json', ...(options.headers || {}) };
-  if (options.body) {
-    headers['Content-Type'] = 'application/json';
-    headers['X-CSRFToken'] = config.csrf_token;
-  }
-  const response = await fetch(url, { credentials: 'same-origin', ...options, headers });
-  let body = null;
-  try {
-    body = await response.json();
-  } catch {
-    body = null;
-  }
-  if (!response.ok) {
-    const message = (body && body.error) || `${response.status} ${response.statusText}`;
-    const error = new Error(message);
-    error.status = response.status;
-    throw error;
-  }
-  return body;
-}
-
-function webglAvailable() {
-  try {
-    const canvas = document.createElement('canvas');
-    return Boolean(canvas.getContext('webgl2') || canvas.getContext('webgl'));
-  } catch {
-    return false;
-  }
+function api(url, options = {}) {
+  return request(url, options, config.csrf_token);
 }
 
 // -- images and labelmaps ------------------------------------------------------------------
-
-function frameImageIds(info) {
-  const base = `wadouri:${info.urls.wadouri}`;
-  const n = info.number_of_frames || 1;
-  if (n <= 1) return [base];
-  return Array.from({ length: n }, (_, i) => `${base}&frame=${i + 1}`);
-}
 
 function labelData(index) {
   return cache.getImage(state.labelIds[index]).voxelManager;
@@ -132,12 +101,7 @@ function replaceFrame(index, mask, touched = true) {
 }
 
 function decodeMasks(payload) {
-  const size = state.rows * state.columns;
-  const masks = new Map();
-  for (const [frame, entry] of Object.entries(payload.masks)) {
-    masks.set(Number(frame) - 1, rleDecode(entry.counts, size));
-  }
-  return masks;
+  return decode(payload, state.rows * state.columns);
 }
 
 function loadLabels(base, annotationMasks = null) {
@@ -177,15 +141,8 @@ async function setupViewports() {
   }]);
   const representation = [{ segmentationId: SEGMENTATION_ID }];
   segmentation.addLabelmapRepresentationToViewportMap({ original: representation, overlay: representation });
-  for (const id of VIEWPORTS) {
-    for (const s of STRUCTURES) {
-      segmentation.config.color.setSegmentIndexColor(id, SEGMENTATION_ID, s.value, [...s.color, 255]);
-    }
-  }
-  const type = ToolEnums.SegmentationRepresentations.Labelmap;
-  // the original keeps its pixels visible: outlines only; the overlay is filled
-  segmentation.config.style.setStyle({ viewportId: 'original', segmentationId: SEGMENTATION_ID, type },
-    { renderFill: false, renderOutline: true, outlineWidth: 1, outlineOpacity: 0.9 });
+  for (const id of VIEWPORTS) colour(id, SEGMENTATION_ID);
+  showOutlinesOnOriginal();
   setOpacity(Number($('#opacity').value) / 100);
   segmentation.segmentIndex.setActiveSegmentIndex(SEGMENTATION_ID, state.structure);
 
@@ -212,22 +169,121 @@ async function setupViewports() {
   }
   eventTarget.addEventListener(ToolEnums.Events.SEGMENTATION_DATA_MODIFIED, () => {
     if (editingStroke) markTouched(state.frame);
+    if (state.comparing) showFrameAgreement();
   });
 }
 
 let editingStroke = false;
 
-function setOpacity(alpha) {
+function colour(viewportId, segmentationId) {
+  for (const s of STRUCTURES) {
+    segmentation.config.color.setSegmentIndexColor(viewportId, segmentationId, s.value, [...s.color, 255]);
+  }
+}
+
+// the original keeps its pixels visible: outlines only; the overlay is filled
+function showOutlinesOnOriginal() {
   segmentation.config.style.setStyle(
-    { viewportId: 'overlay', segmentationId: SEGMENTATION_ID, type: ToolEnums.SegmentationRepresentations.Labelmap },
-    { renderFill: true, fillAlpha: alpha, renderOutline: true, outlineWidth: 1, outlineOpacity: 1 },
+    { viewportId: 'original', segmentationId: SEGMENTATION_ID, type: ToolEnums.SegmentationRepresentations.Labelmap },
+    { renderFill: false, renderOutline: true, outlineWidth: 1, outlineOpacity: 0.9 },
   );
+}
+
+// -- review: the AI result on the left, the opened annotation on the right, the same frame --
+
+async function compareWithAi(on) {
+  const version = state.opened && state.opened.started_from && state.opened.started_from.result_version;
+  $('#compare').checked = Boolean(on && version);
+  if (on && !version) {
+    say('This annotation was not started from an AI result: there is nothing to compare it with.', true);
+    return;
+  }
+  const type = ToolEnums.SegmentationRepresentations.Labelmap;
+  if (state.comparing) {
+    segmentation.removeLabelmapRepresentation('original', AI_SEGMENTATION_ID, true);
+    segmentation.removeSegmentation(AI_SEGMENTATION_ID);
+    state.comparing = null;
+  }
+  if (on) {
+    const masks = await aiMasks(version);
+    const labelIds = imageLoader.createAndCacheDerivedLabelmapImages(state.imageIds).map((image) => image.imageId);
+    const size = state.rows * state.columns;
+    labelIds.forEach((id, i) => cache.getImage(id).voxelManager.setFromScalarData(new Uint8Array(masks.get(i) || new Uint8Array(size))));
+    segmentation.removeLabelmapRepresentation('original', SEGMENTATION_ID, true);
+    segmentation.addSegmentations([{
+      segmentationId: AI_SEGMENTATION_ID,
+      representation: { type, data: { imageIds: labelIds } },
+      config: { segments: Object.fromEntries(STRUCTURES.map((s) => [s.value, { label: s.name }])) },
+    }]);
+    segmentation.addLabelmapRepresentationToViewport('original', [{ segmentationId: AI_SEGMENTATION_ID }]);
+    colour('original', AI_SEGMENTATION_ID);
+    segmentation.config.style.setStyle({ viewportId: 'original', segmentationId: AI_SEGMENTATION_ID, type },
+      { renderFill: true, fillAlpha: Number($('#opacity').value) / 100, renderOutline: true, outlineWidth: 1,
+        outlineOpacity: 1 });
+    toolGroup.removeViewports('sonoloop', 'original'); // the AI's side is for looking, not painting
+    state.comparing = { version, masks };
+    $('#caption-original').textContent = `AI result v${version}`;
+    $('#caption-overlay').textContent = `Annotation v${state.opened.version} by ${state.opened.author}`;
+  } else {
+    segmentation.addLabelmapRepresentationToViewport('original', [{ segmentationId: SEGMENTATION_ID }]);
+    colour('original', SEGMENTATION_ID);
+    showOutlinesOnOriginal();
+    if (!toolGroup.getViewportIds().includes('original')) toolGroup.addViewport('original', 'sonoloop');
+    $('#caption-original').textContent = 'Original (outlines)';
+    $('#caption-overlay').textContent = 'AI segmentation';
+  }
+  segmentation.segmentIndex.setActiveSegmentIndex(SEGMENTATION_ID, state.structure);
+  root.dataset.comparing = state.comparing ? String(state.comparing.version) : '';
+  showFrameAgreement();
   engine.render();
 }
 
+// Dice of this frame's annotation against the AI, per structure, while comparing
+function showFrameAgreement() {
+  const box = $('#frame-agreement');
+  if (!state.comparing || !state.touched.has(state.frame)) {
+    box.textContent = state.comparing ? 'frame not in the annotation' : '';
+    root.dataset.frameDice = '';
+    return;
+  }
+  const ai = state.comparing.masks.get(state.frame) || new Uint8Array(state.rows * state.columns);
+  const mine = readFrame(state.frame);
+  const parts = STRUCTURES.map((s) => {
+    let both = 0;
+    let sum = 0;
+    for (let i = 0; i < mine.length; i++) {
+      const a = ai[i] === s.value;
+      const b = mine[i] === s.value;
+      if (a && b) both += 1;
+      if (a) sum += 1;
+      if (b) sum += 1;
+    }
+    return `${s.name} ${sum ? ((2 * both) / sum).toFixed(3) : '–'}`;
+  });
+  box.textContent = `Dice on this frame: ${parts.join(' · ')}`;
+  root.dataset.frameDice = parts.join(',');
+}
+
+function setOpacity(alpha) {
+  const filled = [['overlay', SEGMENTATION_ID]];
+  if (state.comparing) filled.push(['original', AI_SEGMENTATION_ID]);
+  for (const [viewportId, segmentationId] of filled) {
+    segmentation.config.style.setStyle(
+      { viewportId, segmentationId, type: ToolEnums.SegmentationRepresentations.Labelmap },
+      { renderFill: true, fillAlpha: alpha, renderOutline: true, outlineWidth: 1, outlineOpacity: 1 },
+    );
+  }
+  engine.render();
+}
+
+// Cornerstone's brush size is a radius in world units: millimetres where the image says its
+// pixel spacing, image pixels otherwise (most echo: the spacing is in the ultrasound regions)
 function setBrushSize(size) {
   toolUtils.segmentation.setBrushSizeForToolGroup(TOOL_GROUP_ID, size);
-  $('#brush-size-value').textContent = `${size}px`;
+  const plane = metaData.get('imagePlaneModule', state.imageIds[0]) || {};
+  const unit = plane.rowPixelSpacing && !plane.usingDefaultValues ? 'mm' : 'px';
+  $('#brush-size-value').textContent = `radius ${size} ${unit}`;
+  root.dataset.brushUnit = unit;
 }
 
 function lockOthers(lock) {
@@ -291,7 +347,7 @@ function setupContourTool() {
       return [event.clientX - box.left, event.clientY - box.top];
     };
     element.addEventListener('pointerdown', (event) => {
-      if (state.tool !== 'Contour' || event.button !== 0) return;
+      if (state.tool !== 'Contour' || event.button !== 0 || (state.comparing && id === 'original')) return;
       event.preventDefault();
       event.stopPropagation();
       element.setPointerCapture(event.pointerId);
@@ -341,6 +397,7 @@ function setFrame(index, from = null) {
   $('#frame-number').textContent = `${index + 1} / ${n}`;
   root.dataset.frame = String(index + 1);
   $('#frame-touched').hidden = !state.touched.has(index);
+  if (state.comparing) showFrameAgreement();
 }
 
 function markTouched(index) {
@@ -349,104 +406,37 @@ function markTouched(index) {
   if (index === state.frame) $('#frame-touched').hidden = false;
 }
 
-let cineTimer = null;
-let cineFrame = null;
+let cine = null;
 
-// Cine keeps the file's timing: each animation frame shows the frame due at that moment
-// (both viewports in one render), so a slow display drops frames instead of slowing the loop.
 function play(on) {
-  if (on === state.playing || state.imageIds.length < 2) return;
-  state.playing = on;
-  $('#play').textContent = on ? 'Pause' : 'Play';
-  root.dataset.playing = on ? 'true' : 'false';
-  if (!on) {
-    cancelAnimationFrame(cineFrame);
-    clearInterval(cineTimer);
-    return;
-  }
+  cine.play(on);
+  $('#play').textContent = cine.playing ? 'Pause' : 'Play';
+  root.dataset.playing = cine.playing ? 'true' : 'false';
+}
+
+function setupCine() {
+  cine = new Cine({
+    frames: state.imageIds.length,
+    fps: frameRate(state.imageIds[0]),
+    current: () => state.frame,
+    show: (index) => setFrame(index),
+    element: $('#viewport-overlay'),
+    drawn: (fps) => {
+      root.dataset.playbackFps = fps.toFixed(1);
+      $('#playback-fps').textContent = `${fps.toFixed(0)} fps drawn`;
+    },
+  });
+}
+
+async function loadAllFrames() {
   const n = state.imageIds.length;
-  const began = performance.now();
-  const first = state.frame;
-  const tick = (now) => {
-    if (!state.playing) return;
-    const due = (first + Math.floor(((now - began) * state.fps) / 1000)) % n;
-    if (due !== state.frame) setFrame(due);
-    cineFrame = requestAnimationFrame(tick);
-  };
-  cineFrame = requestAnimationFrame(tick);
-  measurePlayback();
-}
-
-// frames actually drawn per second while playing, for the page and for benchmarks
-function measurePlayback() {
-  let drawn = 0;
-  const element = $('#viewport-overlay');
-  const count = () => { drawn += 1; };
-  element.addEventListener(CoreEnums.Events.IMAGE_RENDERED, count);
-  let last = performance.now();
-  clearInterval(cineTimer);
-  cineTimer = setInterval(() => {
-    const now = performance.now();
-    const fps = (drawn * 1000) / (now - last);
-    drawn = 0;
-    last = now;
-    root.dataset.playbackFps = fps.toFixed(1);
-    $('#playback-fps').textContent = `${fps.toFixed(0)} fps drawn`;
-    if (!state.playing) element.removeEventListener(CoreEnums.Events.IMAGE_RENDERED, count);
-  }, 1000);
-}
-
-function frameRate() {
-  const cine = metaData.get('cineModule', state.imageIds[0]) || {};
-  const frameTime = Number(cine.frameTime || 0);
-  if (frameTime > 0) return 1000 / frameTime;
-  if (Number(cine.cineRate) > 0) return Number(cine.cineRate);
-  return 30;
-}
-
-function markPhases(measurements) {
-  const marks = $('#phase-marks');
-  marks.replaceChildren();
-  const n = state.imageIds.length;
-  if (!measurements || !measurements.beats || n < 2) return;
-  for (const beat of measurements.beats) {
-    for (const [key, label] of [['ed', 'ED'], ['es', 'ES']]) {
-      if (beat[key] === undefined || beat[key] === null) continue;
-      const mark = document.createElement('button');
-      mark.type = 'button';
-      mark.className = `phase ${key}`;
-      mark.textContent = label;
-      mark.title = `${label}: frame ${beat[key] + 1}`;
-      mark.style.left = `${(beat[key] / (n - 1)) * 100}%`;
-      mark.addEventListener('click', () => setFrame(beat[key]));
-      marks.appendChild(mark);
+  const ms = await prefetchFrames(state.imageIds, (loaded) => {
+    root.dataset.framesLoaded = String(loaded);
+    if (loaded % 10 === 0 || loaded === n) {
+      $('#frames-loaded').textContent = loaded === n ? '' : `loading frames ${loaded}/${n}`;
     }
-  }
-}
-
-// Decode every frame once, in the background after the first is shown: cine and the
-// slider then draw from the cache instead of waiting for each frame.
-async function prefetchFrames() {
-  let loaded = 0;
-  const queue = state.imageIds.slice();
-  const began = performance.now();
-  const worker = async () => {
-    while (queue.length) {
-      const imageId = queue.shift();
-      try {
-        await imageLoader.loadAndCacheImage(imageId);
-      } catch (error) {
-        console.warn('frame not loaded', imageId, error && (error.error || error));
-      }
-      loaded += 1;
-      root.dataset.framesLoaded = String(loaded);
-      if (loaded % 10 === 0 || loaded === state.imageIds.length) {
-        $('#frames-loaded').textContent = loaded === state.imageIds.length ? '' : `loading frames ${loaded}/${state.imageIds.length}`;
-      }
-    }
-  };
-  await Promise.all([worker(), worker(), worker()]);
-  root.dataset.framesLoadedMs = String(Math.round(performance.now() - began));
+  });
+  root.dataset.framesLoadedMs = String(ms);
 }
 
 // -- annotations ---------------------------------------------------------------------------
@@ -521,6 +511,8 @@ async function openAnnotation(a) {
   $('#touched-count').textContent = String(state.touched.size);
   $('#editing-from').textContent = `annotation v${detail.version} by ${detail.author} (${detail.status})`;
   root.dataset.openedVersion = String(detail.version);
+  $('#compare-wrap').hidden = !detail.started_from;
+  if (state.comparing) await compareWithAi(true); // the AI result this annotation started from
   setFrame(detail.frames[0] - 1);
   say(`Opened annotation v${detail.version}; saving makes a new version.`);
 }
@@ -609,11 +601,10 @@ function describe(info) {
 function bindControls() {
   $('#frame-slider').max = String(state.imageIds.length);
   $('#frame-slider').addEventListener('input', (event) => setFrame(Number(event.target.value) - 1));
-  $('#play').addEventListener('click', () => play(!state.playing));
-  $('#fps').value = String(Math.round(state.fps));
+  $('#play').addEventListener('click', () => play(!cine.playing));
+  $('#fps').value = String(Math.round(cine.fps));
   $('#fps').addEventListener('change', (event) => {
-    state.fps = Math.max(1, Math.min(120, Number(event.target.value) || state.fps));
-    if (state.playing) { play(false); play(true); }
+    cine.setFps(Math.max(1, Math.min(120, Number(event.target.value) || cine.fps)));
   });
   for (const button of root.querySelectorAll('[data-tool]')) {
     button.addEventListener('click', () => selectTool(button.dataset.tool));
@@ -626,6 +617,7 @@ function bindControls() {
   }
   $('#brush-size').addEventListener('input', (event) => setBrushSize(Number(event.target.value)));
   $('#opacity').addEventListener('input', (event) => setOpacity(Number(event.target.value) / 100));
+  $('#compare').addEventListener('change', (event) => compareWithAi(event.target.checked));
   $('#undo').addEventListener('click', () => history.undo());
   $('#redo').addEventListener('click', () => history.redo());
   $('#reset-ai').addEventListener('click', async () => {
@@ -666,7 +658,7 @@ function onKey(event) {
   const actions = {
     arrowright: () => setFrame(state.frame + 1),
     arrowleft: () => setFrame(state.frame - 1),
-    ' ': () => play(!state.playing),
+    ' ': () => play(!cine.playing),
     b: () => selectTool('Brush'),
     e: () => selectTool('Eraser'),
     c: () => selectTool('Contour'),
@@ -702,22 +694,26 @@ async function start() {
   const aiPromise = result ? aiMasks(result.version) : Promise.resolve(null);
   await setupViewports();
   setupContourTool();
-  state.fps = frameRate();
+  setupCine();
   bindControls();
   const masks = await aiPromise;
   if (result) state.aiResult = { version: result.version, masks };
   loadLabels(masks);
-  markPhases(info.measurements);
-  setFrame(0);
+  markPhases($('#phase-marks'), info.measurements && info.measurements.beats, state.imageIds.length, setFrame);
+  const asked = Number(config.open_frame) || 1; // "Edit this frame" on the image page
+  setFrame(Math.min(state.imageIds.length, Math.max(1, asked)) - 1);
   showAnnotations(info.annotations || []);
   const wanted = (info.annotations || []).find((a) => String(a.version) === String(config.open_version));
 
   await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
   engine.render();
-  if (wanted) await openAnnotation(wanted);
+  if (wanted) {
+    await openAnnotation(wanted);
+    if (config.compare) await compareWithAi(true); // from the review queue
+  }
   root.dataset.readyMs = String(Math.round(performance.now()));
   setViewerState('ready');
-  if (state.imageIds.length > 1) await prefetchFrames();
+  if (state.imageIds.length > 1) await loadAllFrames();
 }
 
 start().catch((error) => {

@@ -73,7 +73,7 @@ def children(config: Config) -> list[Child]:
     )
     dicom = Child("DICOM node", _python("-m", "sonoloop.cli", "manage", "dicomnode"))
     def worker(name: str, queues: list[str], n: int) -> Child:
-        return Child(name, _python("-m", "sonoloop.cli", "manage", "worker", *queues, "--interval", "0.5",
+        return Child(name, _python("-m", "sonoloop.cli", "manage", "worker", *queues, "--interval", "0.2",
                                    "--worker-id", f"{os.uname().nodename[:20]}-{os.getpid()}-{n}"))
 
     # a retraining run holds its worker for hours: it gets workers of its own, so that the

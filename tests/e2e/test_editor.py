@@ -159,6 +159,8 @@ def test_paint_erase_undo_save_reload_and_the_stored_masks_differ_exactly_where_
     print(f"\neditor ready for the 120-frame cine: {ready_seconds:.2f} s "
           f"(page's own clock: {page.get_attribute('#sonoloop-editor', 'data-ready-ms')} ms)")
 
+    # Cornerstone's brush size is a radius in world units: image pixels, this loop being uncalibrated
+    assert page.inner_text("#brush-size-value") == "radius 12 px"
     # the image and all three structures are drawn
     page.wait_for_timeout(300)
     overlay = colour_counts(page.locator("#viewport-overlay").screenshot())
@@ -324,11 +326,71 @@ def test_the_worklist_shows_the_analysed_loop_and_the_review_filter_finds_it_onc
     wait_until(page, f"{READY} === 'ready'", timeout=60_000)
     version = saved.json()["version"]
     wait_until(page, f"document.querySelector('#sonoloop-editor').dataset.openedVersion === '{version}'")
+    # the AI result it started from on the left (filled, no longer outlines), the annotation on the right
+    wait_until(page, "document.querySelector('#sonoloop-editor').dataset.comparing === '1'")
+    assert page.is_checked("#compare") and page.inner_text("#caption-original") == "AI result v1"
+    page.wait_for_timeout(300)
+    left = colour_counts(page.locator("#viewport-original").screenshot())
+    right = colour_counts(page.locator("#viewport-overlay").screenshot())
+    assert min(left["LV"], left["MYO"], left["LA"]) > 200, left
+    assert abs(left["LV"] - right["LV"]) < 0.05 * right["LV"], (left, right)  # frame 1 was kept as the AI drew it
+    assert page.inner_text("#frame-agreement") == "Dice on this frame: LV 1.000 · MYO 1.000 · LA 1.000"
+    screenshot(page, "review", tmp_path)
     page.click(f"#annotation-list tbody tr[data-version='{version}'] button:text('Approve')")
     wait_until(page, f"document.querySelector(\"#annotation-list tbody tr[data-version='{version}']\")"
                      ".className === 'approved'", timeout=30_000)
     page.goto(f"{server.url}/review/")
     assert "Nothing waits for review." in page.inner_text("#review-table")
+    assert not errors, errors
+    page.close()
+
+
+PLAYER = "document.querySelector('#sonoloop-player').dataset"
+
+
+def test_the_image_page_plays_the_loop_with_the_overlay_and_shows_ed_and_es_in_place(server, cine, browser,
+                                                                                    tmp_path):
+    analysis = requests.get(f"{server.url}/api/instances/{cine}/analysis", auth=AUTH, timeout=30).json()
+    beats = analysis["results"][0]["measurements"]["beats"]
+    assert len(beats) >= 2, "the 120-frame loop holds several measured beats"
+    page, errors = log_in(browser, server, "admin", ADMIN_PASSWORD)
+    page.goto(f"{server.url}/instances/{cine}/")
+    wait_until(page, f"['ready', 'error'].includes({PLAYER}.viewerState)", timeout=60_000)
+    assert page.get_attribute("#sonoloop-player", "data-viewer-state") == "ready", page.inner_text("#player-message")
+    assert page.locator("#frame-image").is_hidden() and page.locator("#player-viewport").is_visible()
+
+    page.wait_for_timeout(300)
+    shown = colour_counts(page.locator("#player-viewport").screenshot())
+    assert min(shown["LV"], shown["MYO"], shown["LA"]) > 200 and shown["image"] > 2000, shown
+    page.uncheck("#player-overlay")
+    page.wait_for_timeout(300)
+    hidden = colour_counts(page.locator("#player-viewport").screenshot())
+    assert hidden["LV"] < shown["LV"] / 10 and hidden["image"] > shown["image"], hidden
+    page.check("#player-overlay")
+
+    # ED on the slider, ES in the per-beat table: the frame changes in place (no reload)
+    url = page.url
+    page.locator("#player-phases .phase.ed").first.click()
+    assert page.get_attribute("#sonoloop-player", "data-frame") == str(beats[0]["ed"] + 1)
+    assert "ED, beat 1" in page.inner_text("#player-phase")
+    es = beats[1]["es"] + 1
+    page.locator(f'#beats a[data-seek-frame="{es}"]').click()
+    assert page.get_attribute("#sonoloop-player", "data-frame") == str(es) and page.url == url
+    assert "ES, beat 2" in page.inner_text("#player-phase")
+    cursor = page.locator("svg.area-plot line.cursor")
+    assert cursor.count() == 1
+    screenshot(page, "image-page", tmp_path)
+
+    # cine at the file's rate, then one click to the editor at the frame shown
+    wait_until(page, f"{PLAYER}.framesLoaded === '120'", timeout=60_000)
+    page.click("#player-play")
+    page.wait_for_timeout(1500)
+    page.click("#player-play")
+    frame = int(page.get_attribute("#sonoloop-player", "data-frame"))
+    assert frame != es and float(page.get_attribute("#sonoloop-player", "data-playback-fps") or 0) > 0
+    page.click("#player-edit")
+    wait_until(page, f"{READY} === 'ready'", timeout=60_000)
+    assert page.get_attribute("#sonoloop-editor", "data-frame") == str(frame)
     assert not errors, errors
     page.close()
 

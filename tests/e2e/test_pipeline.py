@@ -6,6 +6,7 @@ mid-job is replaced and the job runs again."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -160,6 +161,8 @@ def test_a_killed_worker_is_replaced_and_its_job_runs_again(server, samples, tmp
     job = analysis["jobs"][0]
     assert job["status"] == "done" and job["attempt"] == 2, job
     assert len(analysis["results"]) == 1
+    # each worker process loaded (and compiled) the model when it started, not inside a job
+    assert len(re.findall(r"model \S+ \S+ ready \(engine [\w-]+\) in", server.log())) >= 2, server.log()[-3000:]
 
 
 @pytest.mark.browser

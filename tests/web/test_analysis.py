@@ -258,3 +258,21 @@ def test_a_model_that_cannot_be_loaded_fails_the_job_with_the_reason(config, sam
     job.refresh_from_db()
     assert job.reason.startswith("the model cannot be loaded:") and "model.json is missing" in job.reason
     assert instance.analysis_results.count() == 0 and Instance.objects.filter(pk=instance.pk).exists()
+
+
+def test_a_worker_warms_the_model_up_before_its_first_job(config, small_model, samples, caplog, tmp_path):
+    config(model=str(tmp_path / "no-such-model"))  # a model that cannot load: the worker still starts
+    running._model = None
+    with caplog.at_level("WARNING", logger="sonoloop.analysis"):
+        running.warm_up()
+    assert running._model is None and "could not be loaded ahead of the first job" in caplog.text
+
+    config(model=str(small_model))
+    with caplog.at_level("INFO", logger="sonoloop.analysis"):
+        running.warm_up()
+    assert running._model is not None and running._model.folder == small_model
+    assert "model small-untrained" in caplog.text and "ready (engine fp32)" in caplog.text
+    warmed = running._model
+    instance = store(samples["cine_30"])
+    assert services.job_run(AnalysisJob.objects.get(instance=instance).pk) == AnalysisJob.DONE
+    assert running._model is warmed  # the job used it, it did not load another

@@ -64,6 +64,11 @@ def test_a_reliable_ef_is_shown_with_its_beats_and_spread(logged_in, analysed):
     assert f"<strong>{floatformat(m.ef, 1)} %</strong> (area–length, median of 3 beats" in page
     assert f"beats {floatformat(m.ef_spread['min'], 0)}–{floatformat(m.ef_spread['max'], 0)} %" in page
     assert page.count("<tr><td>") >= 3 and 'id="beats"' in page
+    beats = m.as_dict()["beats"]
+    for beat in beats:  # each beat's ED and ES frame is a link the player shows in place
+        for key in ("ed", "es"):
+            assert f'<a href="?frame={beat[key] + 1}" data-seek-frame="{beat[key] + 1}">' in page
+    assert _player_config(page)["beats"] == [{"ed": b["ed"], "es": b["es"]} for b in beats]
     api = logged_in.get(f"/api/instances/{instance.sop_instance_uid}").json()["ejection_fraction"]
     assert api["value"] == m.ef and api["reliable"] and api["spread"]["beats"] == 3
     assert api["implausible_frames"] == 0 and len(api["beats"]) == 3
@@ -111,3 +116,40 @@ def test_json_api_for_jobs_and_results(logged_in, analysed, samples):
     again = logged_in.post(f"/api/jobs/{created.json()['id']}/retry")
     assert again.status_code == 409 and "wait for it to finish" in again.json()["error"]
     assert Client().get("/api/jobs").status_code == 401
+
+
+def _player_config(page: str) -> dict | None:
+    start = page.find('<script id="player-config" type="application/json">')
+    if start < 0:
+        return None
+    body = page[page.index(">", start) + 1:page.index("</script>", start)]
+    return json.loads(body)
+
+
+def test_the_image_page_plays_the_loop_with_the_ai_segmentation_and_links_frames(logged_in, analysed):
+    instance, job = analysed
+    uid = instance.sop_instance_uid
+    page = logged_in.get(f"/instances/{uid}/?frame=12").content.decode()
+    config = _player_config(page)
+    assert config["frames"] == 30 and config["frame"] == 12
+    assert (config["rows"], config["columns"]) == (instance.rows, instance.columns)
+    assert config["result"].startswith("AI result v1: ") and [s["name"] for s in config["structures"]] == ["LV", "MYO", "LA"]
+    # what the player fetches answers: the file over WADO-URI and the AI's masks of every frame
+    wado = logged_in.get(config["wadouri"].removeprefix("http://testserver"))
+    assert wado.status_code == 200 and wado["Content-Type"] == "application/dicom"
+    masks = logged_in.get(config["masks_api"]).json()
+    assert masks["result_version"] == 1 and len(masks["masks"]) == 30
+    assert f'id="player-edit" href="/instances/{uid}/editor/?frame=12"' in page  # one click to the editor
+    assert 'id="frame-image"' in page  # the still frame, shown until the loop is ready or without WebGL
+    assert page.count('id="frame-image"') == 1 and 'name="frame"' not in page  # the player replaces the form
+    for asked, shown in (("abc", 1), ("999", 30), ("0", 1)):
+        assert _player_config(logged_in.get(f"/instances/{uid}/?frame={asked}").content.decode())["frame"] == shown
+    editor = logged_in.get(f"/instances/{uid}/editor/?frame=12").content.decode()
+    assert '"open_frame": "12"' in editor
+
+
+def test_without_an_ai_result_the_page_keeps_its_still_frame(logged_in, config, samples):
+    instance = instance_store(samples["cine_30"].read_bytes()).instance  # queued, not run
+    page = logged_in.get(f"/instances/{instance.sop_instance_uid}/").content.decode()
+    assert _player_config(page) is None and 'id="frame-image"' in page and 'name="frame"' in page
+    assert 'http-equiv="refresh"' in page  # until the first result is there

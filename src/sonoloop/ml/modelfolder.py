@@ -8,11 +8,10 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from .network import ArchitectureError, build_network
+if TYPE_CHECKING:  # torch and MONAI are imported where a network is built or saved, not here:
+    import torch  # the web server, the DICOM node and the CLI read model folders without them
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
@@ -71,6 +70,8 @@ def load_unique_state(network: torch.nn.Module, state: dict[str, torch.Tensor]) 
 def save_model(folder: Path, network: torch.nn.Module, description: dict, fp16: bool = False,
                notice: str | None = None) -> Path:
     """Write a complete model folder atomically (a temporary folder renamed into place)."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     if folder.exists():
         raise ModelFolderError(f"{folder} exists; a model version is never overwritten")
@@ -113,6 +114,10 @@ def read_description(folder: Path) -> dict:
 
 def load_model(folder: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """The network (fp32, eval mode) and its description."""
+    from safetensors.torch import load_file
+
+    from .network import ArchitectureError, build_network
+
     folder = Path(folder)
     meta = read_description(folder)
     weights = folder / meta.get("weights", {}).get("file", WEIGHTS)

@@ -14,13 +14,15 @@ import random
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .data import LabelledFrame, patients
 from .modelfolder import read_description
-from .train import EpochReport, TrainConfig, export_best, train
+
+if TYPE_CHECKING:  # training imports torch and MONAI; the web pages only need STRATEGIES
+    from .train import EpochReport, TrainConfig
 
 # originals per annotated frame: the paper's experiments 1, 2 and 3
 STRATEGIES = {"annotations-only": 0.0, "equal": 1.0, "two-to-one": 2.0}
@@ -79,6 +81,8 @@ def retrain(parent: Path, annotated: list, originals: list[LabelledFrame], tunin
     ``tuning`` frames choose the best epoch; they must share no patient with the training
     frames, and none of them should be in the locked held-out set the promotion gate uses.
     """
+    from .train import export_best, train
+
     if not annotated:
         raise RetrainError("there are no approved annotations to learn from")
     if Path(out).exists():

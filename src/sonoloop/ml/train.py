@@ -15,14 +15,45 @@ import torch
 from monai.losses import DiceCELoss
 from safetensors.torch import load_file, save_file
 
-from .data import AUGMENTATIONS, LabelledFrame, SegmentationDataset, patients, ultrasound_augmentation
+from .data import AUGMENTATIONS, LabelledFrame, patients, ultrasound_augmentation
 from .modelfolder import load_model, load_unique_state, save_model, unique_state
 from .network import build_network
+from .preprocess import letterbox_labels, prepare
 from .metrics import dice_by_class, mean
 from .spec import CLASSES, DEFAULT_ARCHITECTURE, DEFAULT_PREPROCESSING
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Frames preprocessed exactly as at inference; optional ultrasound augmentation."""
+
+    def __init__(self, frames: list[LabelledFrame], size: int, augment=None, cache: bool = True):
+        self.frames, self.size, self.augment = frames, size, augment
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def _prepared(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        frame = self.frames[index]
+        image, labels = frame.load()
+        # a frame from a DICOM image brings its ultrasound region and bit depth, as inference uses them
+        x, geometry = prepare(image, self.size, getattr(frame, "box", None), getattr(frame, "bits_stored", None))
+        y = letterbox_labels(labels, geometry)
+        if self._cache is not None:
+            self._cache[index] = (x, y)
+        return x, y
+
+    def __getitem__(self, index: int) -> dict:
+        x, y = self._prepared(index)
+        item = {"image": torch.from_numpy(x)[None], "label": torch.from_numpy(y.astype(np.int64))[None]}
+        if self.augment is not None:
+            item = self.augment(item)
+        return item
 
 
 @dataclass

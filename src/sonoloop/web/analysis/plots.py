@@ -21,7 +21,8 @@ def area_plot_svg(areas: list[float], ed: list[int], es: list[int], unit: str, w
     points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(areas))
     parts = [
         f'<svg class="area-plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-        f'aria-label="LV area over {n} frames">',
+        f'aria-label="LV area over {n} frames" data-x0="{left}" data-x1="{left + plot_w}" data-y0="{top}" '
+        f'data-y1="{top + plot_h}">',
         f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#999"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#999"/>',
         f'<text x="4" y="{top + 10}" font-size="11">{high:.1f}</text>',
@@ -35,6 +36,8 @@ def area_plot_svg(areas: list[float], ed: list[int], es: list[int], unit: str, w
         for i in frames:
             parts.append(f'<line class="{label.lower()}" x1="{x(i):.1f}" y1="{top}" x2="{x(i):.1f}" '
                          f'y2="{top + plot_h}" stroke="{colour}" stroke-dasharray="4 3"/>')
-            parts.append(f'<text x="{x(i) + 2:.1f}" y="{top + 10}" font-size="11" fill="{colour}">{label} {i + 1}</text>')
+            # a link to the page at that frame; the image page's player shows it in place
+            parts.append(f'<a href="?frame={i + 1}" data-seek-frame="{i + 1}"><text x="{x(i) + 2:.1f}" y="{top + 10}" '
+                         f'font-size="11" fill="{colour}">{label} {i + 1}</text></a>')
     parts.append("</svg>")
     return "".join(parts)

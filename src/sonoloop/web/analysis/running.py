@@ -62,6 +62,24 @@ def active_model() -> ActiveModel:
         return _model
 
 
+def warm_up() -> None:
+    """Load the active model, and so compile its engine, before any job asks for it: a worker
+    that just started (or was restarted after a crash) runs its first echo at full speed
+    instead of paying the compile inside that job. A job arriving meanwhile waits for it."""
+    from django.db import connection
+
+    began = time.monotonic()
+    try:
+        model = active_model()
+    except Exception as exc:  # the first job will fail with the reason; nothing to do here
+        log.warning("the model could not be loaded ahead of the first job: %s", exc)
+    else:
+        log.info("model %s %s ready (engine %s) in %.1f s", model.name, model.version,
+                 model.segmenter.engine.name, time.monotonic() - began)
+    finally:
+        connection.close()
+
+
 def job_run(job_id: int) -> str:
     """Run one queued job to the end (done or failed); returns its final status."""
     if not jobs.claim(AnalysisJob, job_id):

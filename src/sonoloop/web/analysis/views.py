@@ -32,9 +32,12 @@ def instance_panel(request, instance: Instance) -> Panel | None:
                                        [b["es"] for b in m.get("beats", [])], m["units"]["area"]))
     active = any(j.status in (AnalysisJob.QUEUED, AnalysisJob.RUNNING) for j in jobs)
     seg = Instance.objects.filter(sop_instance_uid=latest.seg_sop_instance_uid).first() if latest else None
+    # the page reloads itself until the first result is there; later runs would interrupt the loop
+    # playing above, so the panel says one is running instead
     return Panel("analysis/_instance_panel.html",
-                 {"jobs": jobs, "results": results, "latest": latest, "plot": plot, "seg": seg},
-                 refresh_seconds=3 if active else None)
+                 {"jobs": jobs, "results": results, "latest": latest, "plot": plot, "seg": seg,
+                  "rerunning": active and latest is not None},
+                 refresh_seconds=3 if active and latest is None else None)
 
 
 def study_panel(request, study) -> Panel | None:

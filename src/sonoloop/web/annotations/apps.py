@@ -17,8 +17,9 @@ class AnnotationsConfig(AppConfig):
 
         from . import views
 
-        if views.instance_panel not in INSTANCE_PANELS:
-            INSTANCE_PANELS.append(views.instance_panel)
+        for panel in (views.player_panel, views.instance_panel):
+            if panel not in INSTANCE_PANELS:
+                INSTANCE_PANELS.append(panel)
         if views.instance_api_section not in INSTANCE_API_SECTIONS:
             INSTANCE_API_SECTIONS.append(views.instance_api_section)
 

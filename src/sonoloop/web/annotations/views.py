@@ -15,6 +15,7 @@ from sonoloop.web.accounts.auth import api_login_required
 from sonoloop.web.accounts.roles import has_role, role_required
 from sonoloop.web.archive.models import Instance
 from sonoloop.web.archive.panels import Panel
+from sonoloop.web.archive.presenting import wadouri_url
 from sonoloop.web.errors import json_errors
 
 from . import document, services
@@ -35,6 +36,41 @@ def instance_panel(request, instance: Instance):
     annotations = instance.annotations.select_related("author")[:20]
     return Panel("annotations/_instance_panel.html", {"annotations": annotations,
                                                       "editor_url": reverse("annotations:editor", args=[instance.sop_instance_uid])})
+
+
+def player_panel(request, instance: Instance):
+    """The image page's loop with the newest AI segmentation over it, at the file's frame rate,
+    ED and ES marked; it takes the place of the still frame."""
+    if not _editable(instance):
+        return None
+    result = instance.analysis_results.first()
+    if result is None:
+        return None
+    frames = instance.number_of_frames or 1
+    try:
+        frame = max(1, min(int(request.GET.get("frame", 1)), frames))
+    except ValueError:
+        frame = 1
+    uid = instance.sop_instance_uid
+    beats = [{"ed": b.get("ed"), "es": b.get("es")} for b in (result.measurements or {}).get("beats", [])]
+    return Panel("annotations/_player.html", {
+        "frames": frames,
+        "still": f"{reverse('archive:preview', args=[uid])}?frame={frame}&size=768",
+        "editor_url": reverse("annotations:editor", args=[uid]),
+        "frame": frame,
+        "config": {
+            "wadouri": wadouri_url(instance, request.build_absolute_uri("/")),
+            "frames": frames,
+            "rows": instance.rows,
+            "columns": instance.columns,
+            "masks_api": reverse("annotations:api-ai-masks", args=[uid, result.version]),
+            "result": f"AI result v{result.version}: {result.model_name} {result.model_version}",
+            "structures": document.structures(),
+            "beats": beats,
+            "editor_url": reverse("annotations:editor", args=[uid]),
+            "frame": frame,
+        },
+    }, draws_image=True)
 
 
 @role_required("reviewer")
@@ -83,6 +119,8 @@ def editor(request, sop_uid: str):
             "can_review": has_role(request.user, "reviewer"),
             "user": request.user.get_username(),
             "open_version": request.GET.get("version", ""),
+            "open_frame": request.GET.get("frame", ""),
+            "compare": request.GET.get("compare") == "1",  # the AI result beside the opened annotation
         },
     })
 

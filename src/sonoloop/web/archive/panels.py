@@ -12,6 +12,7 @@ class Panel:
     template: str
     context: dict = field(default_factory=dict)
     refresh_seconds: int | None = None  # the page reloads itself while something is in progress
+    draws_image: bool = False  # shown in place of the page's still frame (a player of the loop)
 
 
 INSTANCE_PANELS: list = []

@@ -56,6 +56,14 @@ def study_summary(study: Study) -> dict:
     }
 
 
+def wadouri_url(instance: Instance, base_url: str) -> str:
+    """The file over WADO-URI, which the browser viewers load frame by frame."""
+    series, study = instance.series, instance.series.study
+    return (f"{base_url.rstrip('/')}/dicomweb/wado?requestType=WADO&studyUID={study.study_instance_uid}"
+            f"&seriesUID={series.series_instance_uid}&objectUID={instance.sop_instance_uid}"
+            f"&contentType=application%2Fdicom")
+
+
 def instance_summary(instance: Instance, base_url: str) -> dict:
     series, study = instance.series, instance.series.study
     return {
@@ -76,8 +84,6 @@ def instance_summary(instance: Instance, base_url: str) -> dict:
         "study": study_summary(study),
         "urls": {
             "page": f"{base_url.rstrip('/')}/instances/{instance.sop_instance_uid}/",
-            "wadouri": f"{base_url.rstrip('/')}/dicomweb/wado?requestType=WADO&studyUID={study.study_instance_uid}"
-                       f"&seriesUID={series.series_instance_uid}&objectUID={instance.sop_instance_uid}"
-                       f"&contentType=application%2Fdicom",
+            "wadouri": wadouri_url(instance, base_url),
         },
     }

@@ -145,7 +145,8 @@ def instance_detail(request, sop_uid: str):
             "sop_class_name": sop_class_name(instance.sop_class_uid),
             "frame": frame,
             "attributes": services.instance_attributes(instance),
-            "panels": panels,
+            "panels": [p for p in panels if not p.draws_image],
+            "image_panel": next((p for p in panels if p.draws_image), None),
             "refresh_seconds": min((p.refresh_seconds for p in panels if p.refresh_seconds), default=None),
         },
     )

@@ -34,6 +34,12 @@ class Command(DbWorkerCommand):
     help = "Run background tasks (queues: inference, training, default) and re-queue jobs of lost workers."
 
     def handle(self, *args, **options):
+        queues = str(options.get("queue_name") or "").split(",")
+        excluded = str(options.get("exclude_queues") or "").split(",")
+        if settings.CONFIG.auto_analysis and ("*" in queues or "inference" in queues) and "inference" not in excluded:
+            from sonoloop.web.analysis.running import warm_up
+
+            threading.Thread(target=warm_up, name="warm-model", daemon=True).start()
         stop = threading.Event()
         every = max(2.0, min(30.0, settings.CONFIG.job_stale_seconds / 3))
         watcher = threading.Thread(target=_watch_lost_workers, args=(stop, every), name="lost-workers", daemon=True)
