@@ -25,6 +25,15 @@ export async function api(url, options = {}, csrfToken = '') {
   return body;
 }
 
+// `data-viewer-state` on the root (loading / ready / error, which the tests and benchmarks
+// wait for) and the message a person reads
+export function showViewerState(root, box, value, message = '') {
+  root.dataset.viewerState = value;
+  box.textContent = message;
+  box.hidden = !message;
+  box.className = value === 'error' ? 'viewer-message error' : 'viewer-message';
+}
+
 export function webglAvailable() {
   try {
     const canvas = document.createElement('canvas');

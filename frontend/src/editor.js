@@ -17,6 +17,7 @@ import * as tools from '@cornerstonejs/tools';
 import { rleEncode, fillPolygon } from './rle.js';
 import {
   api as request, webglAvailable, frameImageIds, decodeMasks as decode, frameRate, markPhases, prefetchFrames, Cine,
+  showViewerState,
 } from './common.js';
 
 const {
@@ -52,11 +53,7 @@ const state = {
 };
 
 function setViewerState(value, message = '') {
-  root.dataset.viewerState = value;
-  const box = $('#viewer-message');
-  box.textContent = message;
-  box.hidden = !message;
-  box.className = value === 'error' ? 'viewer-message error' : 'viewer-message';
+  showViewerState(root, $('#viewer-message'), value, message);
 }
 
 function say(message, isError = false) {

@@ -5,7 +5,9 @@
 import { init as initDicomLoader } from '@cornerstonejs/dicom-image-loader';
 import { init as initCore, RenderingEngine, Enums as CoreEnums, imageLoader, cache } from '@cornerstonejs/core';
 import * as tools from '@cornerstonejs/tools';
-import { api, webglAvailable, frameImageIds, decodeMasks, frameRate, markPhases, prefetchFrames, Cine } from './common.js';
+import {
+  api, webglAvailable, frameImageIds, decodeMasks, frameRate, markPhases, prefetchFrames, Cine, showViewerState,
+} from './common.js';
 
 const { segmentation, Enums: ToolEnums } = tools;
 const SEGMENTATION_ID = 'sonoloop-player-labels';
@@ -18,11 +20,7 @@ const $ = (selector) => document.querySelector(selector);
 const state = { imageIds: [], labelIds: [], frame: 0, engine: null, cine: null };
 
 function setViewerState(value, message = '') {
-  root.dataset.viewerState = value;
-  const box = $('#player-message');
-  box.textContent = message;
-  box.hidden = !message;
-  box.className = value === 'error' ? 'viewer-message error' : 'viewer-message';
+  showViewerState(root, $('#player-message'), value, message);
 }
 
 function viewport() {

@@ -258,14 +258,14 @@ def test_paint_erase_undo_save_reload_and_the_stored_masks_differ_exactly_where_
     page.close()
 
 
-def screenshot(page, name: str, tmp_path):
+def screenshot(page, name: str, tmp_path, full_page: bool = False):
     """Into SONOLOOP_SCREENSHOTS when it is set (the README's pictures come from such a run)."""
     import os
     from pathlib import Path
 
     folder = Path(os.environ.get("SONOLOOP_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / f"{name}.png"))
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=full_page)
 
 
 def test_the_worklist_shows_the_analysed_loop_and_the_review_filter_finds_it_once_submitted(
@@ -379,7 +379,8 @@ def test_the_image_page_plays_the_loop_with_the_overlay_and_shows_ed_and_es_in_p
     assert "ES, beat 2" in page.inner_text("#player-phase")
     cursor = page.locator("svg.area-plot line.cursor")
     assert cursor.count() == 1
-    screenshot(page, "image-page", tmp_path)
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "image-page", tmp_path, full_page=True)
 
     # cine at the file's rate, then one click to the editor at the frame shown
     wait_until(page, f"{PLAYER}.framesLoaded === '120'", timeout=60_000)
