@@ -28,7 +28,8 @@ class EchoOnly:
 @pytest.fixture
 def node():
     archive = EchoOnly()
-    node = DicomNode(archive, NodeSettings("SONOLOOP", "127.0.0.1", free_port(), acse_timeout=30))
+    node = DicomNode(archive, NodeSettings("SONOLOOP", "127.0.0.1", free_port(), acse_timeout=30,
+                                           max_associations=3))
     node.start(block=False)
     yield node, archive
     node.stop()
@@ -44,9 +45,11 @@ def wait_until_no_association(node, seconds: float) -> float:
 def test_a_connection_closed_before_any_request_frees_its_thread_at_once(node):
     """A port probe (a load balancer's health check, a scanner) opens TCP and closes it. pynetdicom
     alone keeps that acceptor waiting the whole ACSE timeout (30 s here) for a request that cannot
-    come, and every such thread held delays a shutdown's drain by as much."""
+    come. Every such thread counts against the association limit (pynetdicom rejects a request
+    when its acceptors exceed it), so a health check every few seconds kept a modality out,
+    and each delayed a shutdown's drain by as much."""
     node, archive = node
-    for _ in range(5):
+    for _ in range(5):  # more probes than the node takes associations
         socket.create_connection(("127.0.0.1", node.settings.port)).close()
     time.sleep(0.2)
     assert wait_until_no_association(node, 5) < 5, "a closed probe still holds an acceptor thread"
@@ -54,7 +57,7 @@ def test_a_connection_closed_before_any_request_frees_its_thread_at_once(node):
     ae = AE(ae_title="PROBE")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP")
-    assert assoc.is_established
+    assert assoc.is_established, "the probes still take the node's association slots"
     assert assoc.send_c_echo().Status == 0x0000  # the node still answers
     assoc.release()
     assert wait_until_no_association(node, 5) < 5
