@@ -119,6 +119,7 @@ export class Cine {
     this.playing = false;
     this.animation = null;
     this.timer = null;
+    this.counted = null;
   }
 
   toggle() {
@@ -152,21 +153,25 @@ export class Cine {
     }
   }
 
+  // one counter at a time: a pause and play within the same second (a new fps) replaces it
   measure() {
+    this.stopMeasuring();
     let count = 0;
-    const counted = () => { count += 1; };
-    this.element.addEventListener(CoreEnums.Events.IMAGE_RENDERED, counted);
+    this.counted = () => { count += 1; };
+    this.element.addEventListener(CoreEnums.Events.IMAGE_RENDERED, this.counted);
     let last = performance.now();
-    clearInterval(this.timer);
     this.timer = setInterval(() => {
       const now = performance.now();
       this.drawn((count * 1000) / (now - last));
       count = 0;
       last = now;
-      if (!this.playing) {
-        this.element.removeEventListener(CoreEnums.Events.IMAGE_RENDERED, counted);
-        clearInterval(this.timer);
-      }
+      if (!this.playing) this.stopMeasuring();
     }, 1000);
+  }
+
+  stopMeasuring() {
+    clearInterval(this.timer);
+    if (this.counted) this.element.removeEventListener(CoreEnums.Events.IMAGE_RENDERED, this.counted);
+    this.counted = null;
   }
 }

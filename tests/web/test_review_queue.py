@@ -32,7 +32,7 @@ def test_a_reviewer_sees_others_submissions_oldest_first_and_acts_on_them(studie
     page = client.get("/review/").content.decode()
     assert page.count("data-annotation=") == 2  # not ben's own, not drafts
     assert page.index(f'data-annotation="{older.pk}"') < page.index(f'data-annotation="{newer.pk}"')
-    assert "0.740" in page and "0.810" in page and f"?version={newer.version}" in page
+    assert "0.740" in page and "0.810" in page and f"?version={newer.version}&amp;compare=1" in page  # Open shows the AI beside it
     assert ">Review<" in page  # in the navigation for reviewers
 
     approved = client.post(f"/api/annotations/{older.pk}/status", json.dumps({"status": "approved"}),

@@ -52,11 +52,12 @@ def player_panel(request, instance: Instance):
     except ValueError:
         frame = 1
     uid = instance.sop_instance_uid
+    editor_url = reverse("annotations:editor", args=[uid])
     beats = [{"ed": b.get("ed"), "es": b.get("es")} for b in (result.measurements or {}).get("beats", [])]
     return Panel("annotations/_player.html", {
         "frames": frames,
         "still": f"{reverse('archive:preview', args=[uid])}?frame={frame}&size=768",
-        "editor_url": reverse("annotations:editor", args=[uid]),
+        "editor_url": editor_url,
         "frame": frame,
         "config": {
             "wadouri": wadouri_url(instance, request.build_absolute_uri("/")),
@@ -67,7 +68,7 @@ def player_panel(request, instance: Instance):
             "result": f"AI result v{result.version}: {result.model_name} {result.model_version}",
             "structures": document.structures(),
             "beats": beats,
-            "editor_url": reverse("annotations:editor", args=[uid]),
+            "editor_url": editor_url,
             "frame": frame,
         },
     }, draws_image=True)
