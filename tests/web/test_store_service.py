@@ -1,3 +1,5 @@
+import time
+
 import pytest
 from django.db import DatabaseError
 from pydicom.dataset import Dataset
@@ -102,13 +104,74 @@ def test_cfind_matching_on_the_index(config, samples):
 
 
 def test_a_full_disk_indexes_nothing(config, samples, settings, monkeypatch):
+    from django_tasks_db.models import DBTaskResult
+
+    from sonoloop.web.analysis.models import AnalysisJob
+
+    config(auto_analysis=True)
+    wrote_rows = []
+
     def full(self, data, key=None):
+        # the disk fills after the index rows were written (they are written while the file's
+        # fsync runs): they must all roll back
+        wrote_rows.append(AnalysisJob.objects.exists() and DBTaskResult.objects.exists())
         raise services.StorageFull(28, "no space left for the instance")
 
     monkeypatch.setattr(services.FileStore, "put", full)
+    monkeypatch.setattr(store, "_file_writer", lambda: _SameThread())
     with pytest.raises(services.StorageFull):
         services.instance_store(samples["us_rle_palette"].read_bytes())
-    assert Instance.objects.count() == 0
+    assert wrote_rows == [True]
+    assert (Instance.every.count(), AnalysisJob.objects.count(), DBTaskResult.objects.count()) == (0, 0, 0)
+
+
+class _SameThread:
+    """A file writer that runs the write when its result is asked for, in the caller's thread
+    (and connection): the write then fails only after the rows were written."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        class Deferred(Future):
+            def result(self, timeout=None):
+                if not self.done():
+                    try:
+                        self.set_result(fn(*args))
+                    except BaseException as exc:
+                        self.set_exception(exc)
+                return super().result(timeout)
+
+        return Deferred()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_index_commits_only_once_the_file_is_durable(config, samples, monkeypatch):
+    from django.db import transaction
+
+    from sonoloop.web.archive.signals import instance_indexed
+
+    config(auto_analysis=True)
+    order = []
+    put = services.FileStore.put
+
+    def slow_put(self, data, key=None):
+        time.sleep(0.2)  # the rows are written meanwhile
+        key = put(self, data, key)
+        order.append("file durable")
+        return key
+
+    def indexed(sender, instance, **kwargs):
+        order.append("rows written")
+        transaction.on_commit(lambda: order.append("committed"))
+
+    monkeypatch.setattr(services.FileStore, "put", slow_put)
+    instance_indexed.connect(indexed)
+    try:
+        stored = services.instance_store(samples["us_rle_palette"].read_bytes()).instance
+    finally:
+        instance_indexed.disconnect(indexed)
+    assert order == ["rows written", "file durable", "committed"]
+    assert services.instance_path(stored).read_bytes() == samples["us_rle_palette"].read_bytes()
 
 
 def test_a_storage_quota_and_a_free_space_floor_refuse_with_a_message_and_keep_what_is_stored(
