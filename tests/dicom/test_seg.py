@@ -93,3 +93,12 @@ def test_labels_that_do_not_fit_are_refused_with_a_reason():
 def test_display_colours_are_scaled_cielab():
     assert dicom_cielab((255, 255, 255)) == pytest.approx([65535, 32896, 32896], abs=40)
     assert dicom_cielab((0, 0, 0)) == [0, 32896, 32896]
+
+
+@pytest.mark.parametrize("shape", [(20, 4, 6), (3, 5, 3), (1, 8, 8)])  # frames of whole bytes, of odd bits
+def test_masks_packed_a_few_frames_at_a_time_are_the_bits_of_the_whole_loop(shape):
+    from sonoloop.dicom.seg import _packed_masks
+
+    labels = np.random.default_rng(7).integers(0, 4, size=shape).astype(np.uint8)
+    whole = np.packbits(np.concatenate([labels == c for c in (1, 3)]).ravel(), bitorder="little").tobytes()
+    assert _packed_masks(labels, [1, 3], chunk=3) == whole

@@ -162,3 +162,26 @@ def test_an_lv_cut_off_by_the_sector_edge_gets_no_ef():
     assert "lv_cut_off" in result.reliability_reasons and result.ef is None
     whole = np.ones(loop.shape[1:], bool)
     assert max(lv_cut_off(beating(frames=60), CLASSES, whole)) == 0.0
+
+
+def test_measurements_and_the_cut_off_do_not_depend_on_where_the_heart_lies_in_the_frame():
+    # both work in the box around what is drawn: the same heart in a larger frame, elsewhere
+    from dataclasses import asdict
+
+    loop = beating(frames=40)
+    n, h, w = loop.shape
+    sector = np.ones((h, w), bool)
+    sector[:95] = False
+    for frame in loop:
+        frame[~sector] = 0
+    big = np.zeros((n, h + 60, w + 90), np.uint8)
+    big[:, 35: 35 + h, 50: 50 + w] = loop
+    big_sector = np.zeros(big.shape[1:], bool)
+    big_sector[35: 35 + h, 50: 50 + w] = sector
+    cut = lv_cut_off(loop, CLASSES, sector)
+    assert min(cut) > 0.1 and cut == lv_cut_off(big, CLASSES, big_sector)
+    problems = loop_check(loop, CLASSES, sector)
+    small_result = asdict(measure_loop(loop, CLASSES, CM, None, 33.3, problems, cut))
+    big_result = asdict(measure_loop(big, CLASSES, CM, None, 33.3, problems, cut))
+    assert small_result == big_result and small_result["lv_length"][0] > 0
+    assert lv_cut_off(np.zeros_like(loop), CLASSES, sector) == [0.0] * n  # no LV drawn anywhere

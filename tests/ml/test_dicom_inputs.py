@@ -124,3 +124,23 @@ def test_ybr_frames_decoded_as_luma_segment_like_their_rgb(cine, segmenter):
     from_rgb = segmenter.predict(cine, bits_stored=8)
     for label in (1, 2, 3):  # the Y plane is BT.601 luma up to rounding (see the test above)
         assert _dice(from_luma, from_rgb, label) > 0.97
+
+
+def test_jpeg_luma_comes_from_the_y_component_alone_and_falls_back_to_the_full_decoder(monkeypatch):
+    from pydicom.pixels import pixel_array
+
+    from sonoloop.dicom import pixels
+
+    path = sample_path(ECHO_CINE_JPEG)
+    luma, header, bits = all_frames(path, luma=True)
+    assert luma.shape == (120, 480, 640) and luma.dtype == np.uint8 and bits == 8
+    # exactly the Y plane the full YBR decode gives with the same decoder (libjpeg-turbo)
+    assert np.array_equal(luma, pixel_array(path, as_rgb=False, decoding_plugin="pillow")[..., 0])
+
+    def broken(codestream):
+        raise OSError("broken data stream when reading image file")
+
+    monkeypatch.setattr(pixels, "_decode_luma", broken)
+    fallback, _, _ = all_frames(path, luma=True)  # pydicom's own decoder, the way it was before
+    assert np.array_equal(fallback, pixel_array(path, as_rgb=False)[..., 0])
+    assert np.abs(fallback.astype(int) - luma).max() <= 1  # two JPEG decoders: rounding apart

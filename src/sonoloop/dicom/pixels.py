@@ -98,6 +98,43 @@ def render_png(path: Path, index: int = 0, max_size: int | None = None) -> bytes
     return out.getvalue()
 
 
+_BASELINE_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")  # 8-bit lossy JPEG, as most echo cines
+_LUMA_THREADS = 2
+
+
+def _decode_luma(codestream: bytes) -> np.ndarray:
+    image = Image.open(BytesIO(codestream))
+    image.draft("L", image.size)  # libjpeg decodes the Y component alone: no chroma, no colour conversion
+    if image.mode != "L":
+        raise ValueError(f"the JPEG frame decodes as {image.mode}, not as its luma")
+    return np.asarray(image)
+
+
+def _jpeg_luma(path: Path, frames: int, rows: int, columns: int) -> np.ndarray | None:
+    """Each frame's Y plane straight from its JPEG codestream (Pillow's libjpeg-turbo: the same
+    values as pydicom's Pillow decoder gives for Y), two frames at a time (the decoder
+    releases the GIL). None when the data is not what this expects: the caller decodes the
+    usual way, and reports what is wrong there."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pydicom.encaps import generate_frames
+
+    try:
+        data = dcmread(path, specific_tags=["PixelData"]).PixelData
+        codestreams = list(generate_frames(data, number_of_frames=frames))
+        if len(codestreams) != frames:
+            return None
+        out = np.empty((frames, rows, columns), dtype=np.uint8)
+        with ThreadPoolExecutor(_LUMA_THREADS, thread_name_prefix="sonoloop-jpeg") as pool:
+            for index, plane in enumerate(pool.map(_decode_luma, codestreams)):
+                if plane.shape != (rows, columns):
+                    return None
+                out[index] = plane
+        return out
+    except Exception:  # noqa: BLE001 - a damaged or unusual codestream: the general decoder says why
+        return None
+
+
 def all_frames(path: Path, luma: bool = False) -> tuple[np.ndarray, object, int]:
     """Every frame decoded for analysis, the header, and the bit depth of the values.
 
@@ -117,6 +154,11 @@ def all_frames(path: Path, luma: bool = False) -> tuple[np.ndarray, object, int]
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
     frames = int(header.get("NumberOfFrames", 1) or 1)
     if luma and photometric in ("YBR_FULL", "YBR_FULL_422") and int(header.get("BitsStored", 8) or 8) == 8:
+        syntax = str(getattr(header, "file_meta", {}).get("TransferSyntaxUID", ""))
+        if syntax in _BASELINE_JPEG:
+            array = _jpeg_luma(path, frames, int(header.Rows), int(header.Columns))
+            if array is not None:
+                return array, header, 8
         array = pixel_array(path, as_rgb=False)
         array = array[None] if frames == 1 else array
         return np.ascontiguousarray(array[..., 0]), header, 8

@@ -17,7 +17,7 @@ from sonoloop.dicom.views import apical_view
 from sonoloop.ml.preprocess import Box, loop_box, region_box, to_gray
 
 from . import quality
-from .measure import Calibration, Measurements, frame_times, measure_loop, r_wave_frames
+from .measure import Calibration, Measurements, drawn_box, frame_times, measure_loop, r_wave_frames
 
 log = logging.getLogger("sonoloop.echo")
 
@@ -215,6 +215,10 @@ def lv_cut_off(labels: np.ndarray, classes: list[str], sector: np.ndarray | None
         return None
     edge = ~ndimage.binary_erosion(sector, iterations=2, border_value=0)
     lv = classes.index("LV")
+    box = drawn_box(labels == lv)
+    if box is None:
+        return [0.0] * len(labels)
+    labels, edge = labels[(slice(None), *box)], edge[box]  # the same borders: the box keeps 2 px around the LV
     shares = []
     for frame in labels:
         mask = frame == lv

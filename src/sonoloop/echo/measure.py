@@ -275,6 +275,17 @@ class Measurements:
         return asdict(self)
 
 
+def drawn_box(masks: np.ndarray, margin: int = 2) -> tuple[slice, slice] | None:
+    """The rows and columns that hold anything of (N, H, W) ``masks`` in any frame, ``margin``
+    pixels wider (within the image); None when nothing is drawn."""
+    anywhere = masks.any(axis=0)
+    rows, cols = np.flatnonzero(anywhere.any(axis=1)), np.flatnonzero(anywhere.any(axis=0))
+    if not rows.size:
+        return None
+    return (slice(max(0, rows[0] - margin), rows[-1] + margin + 1),
+            slice(max(0, cols[0] - margin), cols[-1] + margin + 1))
+
+
 def measure_loop(labels: np.ndarray, classes: list[str], calibration: Calibration,
                  r_wave_frames: list[int] | None = None, frame_time_ms: float | None = None,
                  problems: list[list[str]] | None = None, lv_cut_off: list[float] | None = None) -> Measurements:
@@ -287,6 +298,9 @@ def measure_loop(labels: np.ndarray, classes: list[str], calibration: Calibratio
     labels = np.asarray(labels)
     if labels.ndim == 2:
         labels = labels[None]
+    box = drawn_box(labels > 0)
+    if box is not None:  # areas, axes and disks do not depend on where the heart is: measure in its box
+        labels = labels[(slice(None), *box)]
     problems = problems if problems is not None else [[] for _ in labels]
     index = {name: i for i, name in enumerate(classes)}
     pixel_area = calibration.dx * calibration.dy
