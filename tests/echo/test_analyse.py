@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sonoloop.echo.analyse import FRAME_BY_FRAME, PipelineSettings, loop_check, lv_cut_off, repair
-from sonoloop.echo.measure import Calibration, measure_loop
+from sonoloop.echo.measure import measure_loop
 from sonoloop.echo.quality import curve_noise
 from sonoloop.ml.infer import Segmenter, fill_holes, keep_largest_components
 from tests.echo.test_measure import CLASSES, CM, area_length_ml, heart
@@ -86,6 +86,34 @@ def test_temporal_smoothing_averages_class_probabilities_over_neighbouring_frame
     smoothed = segmenter.predict(frames, temporal_sigma=1.0)
     assert [(smoothed[n] == 1).sum() for n in range(10)] == [256] * 10
     assert len(calls) == 10  # each frame through the network once
+
+
+def test_temporal_smoothing_mixes_exactly_the_weighted_mean_of_the_neighbours():
+    """The in-place mixing gives the same labels, bit for bit, as Σ wₖ·pₖ / Σ wₖ written out."""
+    from sonoloop.ml.infer import restore_labels, temporal_weights
+    from sonoloop.ml.preprocess import prepare
+
+    segmenter = Segmenter.__new__(Segmenter)
+    segmenter.size, segmenter.chunk, segmenter.classes = 32, 1, CLASSES
+    segmenter.largest_component, segmenter.filled = False, []
+    rng = torch.Generator().manual_seed(3)
+    probabilities = [torch.rand(1, 4, 32, 32, generator=rng) for _ in range(9)]
+    seen = []
+
+    def engine(batch):  # frame by frame (chunk 1), in order
+        seen.append(len(seen))
+        return probabilities[seen[-1]]
+
+    segmenter.engine = engine
+    frames = np.full((9, 32, 32), 200, np.uint8)
+    smoothed = segmenter.predict(frames, temporal_sigma=1.5)
+    weights, geometry = temporal_weights(1.5), prepare(frames[0], 32, None, None)[1]
+    radius = len(weights) // 2
+    for i in range(9):
+        lo, hi = max(0, i - radius), min(8, i + radius)
+        w = weights[lo - i + radius: hi - i + radius + 1]
+        mixed = sum(float(wk) * probabilities[k][0] for wk, k in zip(w, range(lo, hi + 1))) / float(w.sum())
+        np.testing.assert_array_equal(smoothed[i], restore_labels(mixed, geometry))
 
 
 def test_temporal_smoothing_covers_the_same_time_at_any_frame_rate():
@@ -185,3 +213,14 @@ def test_measurements_and_the_cut_off_do_not_depend_on_where_the_heart_lies_in_t
     big_result = asdict(measure_loop(big, CLASSES, CM, None, 33.3, problems, cut))
     assert small_result == big_result and small_result["lv_length"][0] > 0
     assert lv_cut_off(np.zeros_like(loop), CLASSES, sector) == [0.0] * n  # no LV drawn anywhere
+
+
+def test_the_workers_rehearsal_builds_a_seg_and_an_sr():
+    # a worker runs this when it starts, so that its first job does not read highdicom's tables
+    from sonoloop.echo.analyse import rehearse_outputs
+
+    rehearsal = rehearse_outputs(CLASSES)
+    assert rehearsal.segmentation.SOPClassUID.name == "Segmentation Storage"
+    assert len(rehearsal.segmentation.SegmentSequence) == 3
+    assert rehearsal.report is not None and rehearsal.report.SOPClassUID.name == "Comprehensive 3D SR Storage"
+    assert not any("not written" in flag for flag in rehearsal.measurements["flags"])

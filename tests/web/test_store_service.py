@@ -144,18 +144,18 @@ class _SameThread:
         return Deferred()
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_index_commits_only_once_the_file_is_durable(config, samples, monkeypatch):
+def _store_recording_the_order(samples, monkeypatch, file_seconds: float) -> tuple[Instance, list[str]]:
+    """Store one image whose file takes ``file_seconds`` to write; returns it and the order in
+    which its rows were written, its file became durable and its transaction committed."""
     from django.db import transaction
 
     from sonoloop.web.archive.signals import instance_indexed
 
-    config(auto_analysis=True)
     order = []
     put = services.FileStore.put
 
     def slow_put(self, data, key=None):
-        time.sleep(0.2)  # the rows are written meanwhile
+        time.sleep(file_seconds)
         key = put(self, data, key)
         order.append("file durable")
         return key
@@ -170,8 +170,16 @@ def test_the_index_commits_only_once_the_file_is_durable(config, samples, monkey
         stored = services.instance_store(samples["us_rle_palette"].read_bytes()).instance
     finally:
         instance_indexed.disconnect(indexed)
-    assert order == ["rows written", "file durable", "committed"]
     assert services.instance_path(stored).read_bytes() == samples["us_rle_palette"].read_bytes()
+    return stored, order
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_index_commits_only_once_the_file_is_durable(config, samples, monkeypatch):
+    config(auto_analysis=True)
+    monkeypatch.setattr(store, "FILE_WAIT_IN_TRANSACTION_SECONDS", 30)
+    _, order = _store_recording_the_order(samples, monkeypatch, 0.2)  # the rows are written meanwhile
+    assert order == ["rows written", "file durable", "committed"]
 
 
 def test_a_storage_quota_and_a_free_space_floor_refuse_with_a_message_and_keep_what_is_stored(
@@ -300,3 +308,41 @@ def _identifier(level, **keys) -> Dataset:
     for keyword, value in keys.items():
         setattr(ds, keyword, value)
     return ds
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_file_slower_than_the_lock_allows_rolls_its_rows_back_and_writes_them_once_it_is_durable(
+        config, samples, monkeypatch):
+    from django_tasks_db.models import DBTaskResult
+
+    from sonoloop.web.analysis.models import AnalysisJob
+
+    config(auto_analysis=True)
+    monkeypatch.setattr(store, "FILE_WAIT_IN_TRANSACTION_SECONDS", 0.01)
+    _, order = _store_recording_the_order(samples, monkeypatch, 0.3)  # a loop on a busy disk
+    # the first rows were rolled back while the file was still being written; no lock was held meanwhile
+    assert order == ["rows written", "file durable", "rows written", "committed"]
+    assert (Instance.every.count(), AnalysisJob.objects.count(), DBTaskResult.objects.count()) == (1, 1, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_series_is_not_remembered_for_the_next_images_of_that_series(config, samples, monkeypatch):
+    # SQLite gives a rolled-back row's id to the next row: a series remembered from a store that
+    # rolled back would file later images of it under whichever series took that id
+    config(auto_analysis=False)
+    source = samples["us_rle_palette"]
+    image = lambda series, sop: file_bytes(source, SeriesInstanceUID=series, SOPInstanceUID=sop)  # noqa: E731
+    put = services.FileStore.put
+
+    def full(self, data, key=None):
+        raise services.StorageFull(28, "no space left for the instance")
+
+    monkeypatch.setattr(services.FileStore, "put", full)
+    with pytest.raises(services.StorageFull):
+        services.instance_store(image("1.2.826.0.1.3680043.9.7.1", "1.2.826.0.1.3680043.9.7.1.1"))
+    monkeypatch.setattr(services.FileStore, "put", put)
+    other = services.instance_store(image("1.2.826.0.1.3680043.9.7.2", "1.2.826.0.1.3680043.9.7.2.1")).instance
+    first = services.instance_store(image("1.2.826.0.1.3680043.9.7.1", "1.2.826.0.1.3680043.9.7.1.2")).instance
+    assert other.series.series_instance_uid == "1.2.826.0.1.3680043.9.7.2"
+    assert first.series.series_instance_uid == "1.2.826.0.1.3680043.9.7.1"
+    assert Series.objects.count() == 2

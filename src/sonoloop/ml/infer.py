@@ -133,10 +133,23 @@ class Segmenter:
         window: dict[int, torch.Tensor] = {}  # network-space probabilities of the frames still needed
         out: list[np.ndarray] = []
 
+        scratch: list[torch.Tensor] = []  # one frame's probabilities, reused for each weighted term
+
         def emit(i: int) -> None:
             lo, hi = max(0, i - radius), min(len(prepared) - 1, i + radius)
             w = weights[lo - i + radius: hi - i + radius + 1]
-            mixed = sum(float(wk) * window[k] for wk, k in zip(w, range(lo, hi + 1))) / float(w.sum())
+            if hi == lo:
+                mixed = window[i]  # one frame: its own probabilities (weight 1)
+            else:
+                # Σ wₖ·pₖ / Σ wₖ, the same float32 operations in the same order as a Python
+                # sum of products, without a new tensor per product and sum (this was 7 % of a
+                # smoothed loop's time in the worker)
+                if not scratch:
+                    scratch.append(torch.empty_like(window[lo]))
+                mixed = window[lo] * float(w[0])
+                for wk, k in zip(w[1:], range(lo + 1, hi + 1)):
+                    mixed.add_(torch.mul(window[k], float(wk), out=scratch[0]))
+                mixed.div_(float(w.sum()))
             out.append(self.postprocess(restore_labels(mixed, prepared[i][1])))
             window.pop(i - radius, None)
 

@@ -75,11 +75,12 @@ def warm_up() -> None:
     except Exception as exc:  # the first job will fail with the reason; nothing to do here
         log.warning("the model could not be loaded ahead of the first job: %s", exc)
     else:
-        # what the first job would import on its way (highdicom for the SEG and SR: 0.3 s)
-        import sonoloop.dicom.seg  # noqa: F401
-        import sonoloop.dicom.sr  # noqa: F401
-        import sonoloop.echo.analyse  # noqa: F401
+        try:  # what the first job would otherwise do for the first time: import and read highdicom (1 s)
+            from sonoloop.echo.analyse import rehearse_outputs
 
+            rehearse_outputs(model.classes)
+        except Exception:  # the jobs will say what is wrong; the model is ready either way
+            log.exception("rehearsing the SEG and SR at worker start failed")
         log.info("model %s %s ready (engine %s) in %.1f s", model.name, model.version,
                  model.segmenter.engine.name, time.monotonic() - began)
     finally:

@@ -8,6 +8,8 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from django.db import transaction
+
 from sonoloop.dicom import status
 from sonoloop.dicom.attributes import INDEXED
 from sonoloop.dicom.instance import InstanceRecord, InvalidInstance
@@ -88,10 +90,16 @@ def series_id_for(r: InstanceRecord, sender: Sender) -> int:
     if hit is not None and hit[0] == signature:
         return hit[1]
     series = _checked_parents(r, sender)
-    with _series_cache_lock:
-        if len(_series_cache) >= _SERIES_CACHE_SIZE:
-            _series_cache.clear()
-        _series_cache[r.series_instance_uid] = (signature, series.pk)
+
+    def remember() -> None:
+        with _series_cache_lock:
+            if len(_series_cache) >= _SERIES_CACHE_SIZE:
+                _series_cache.clear()
+            _series_cache[r.series_instance_uid] = (signature, series.pk)
+
+    # Only rows that were committed are remembered: a rolled-back series' id is given to the
+    # next series SQLite creates, and a cached id would then file this series' images there.
+    transaction.on_commit(remember)
     return series.pk
 
 

@@ -9,6 +9,7 @@ import shutil
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -157,29 +158,49 @@ def _sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()  # releases the GIL: runs beside the parsing and the fsync
 
 
+# How long a store may hold the index's write lock waiting for its own file. Past it the rows
+# are rolled back and written again once the file is durable: a large loop, or a disk busy
+# with other associations' loops, never keeps the lock (and every other writer: stores,
+# job claims, heartbeats) waiting on the disk.
+FILE_WAIT_IN_TRANSACTION_SECONDS = 0.05
+
+
+class _FileNotYetDurable(Exception):
+    pass
+
+
 def _index_when_durable(record: InstanceRecord, key: str, raw: bytes, sender: Sender, written: Future,
                         derived: bool = False, digest: Future | None = None):
     # The rows are written while the file's fsync runs, and the transaction commits only once
     # the file is durable: a committed row never names a file a crash could lose, and a file
-    # that cannot be written rolls its rows back. SQLite's write lock is held for what is left
-    # of that fsync (about a millisecond); six associations at once stored faster this way
-    # than with the rows written after the fsync (benchmarks/load.py: 38–48 against 31–35 files/s).
+    # that cannot be written rolls its rows back. For a single frame the rest of that fsync is
+    # about a millisecond; a file that takes longer lets go of the lock (above).
     sha256 = digest.result() if digest is not None else _sha256(raw)
-    for attempt in (1, 2):
+    overlap, raced = True, False
+    while True:
         try:
+            if not overlap:
+                written.result()
             with transaction.atomic():
                 indexed = _index(record, key, len(raw), sender, raw, sha256)
                 if indexed[2] in ("created", "replace"):
                     # receivers (the analysis job) commit or roll back with the index row
                     instance_indexed.send(sender=Instance, instance=indexed[0], created=indexed[1] is None,
                                           derived=derived)
-                written.result()
+                if overlap:
+                    try:
+                        written.result(timeout=FILE_WAIT_IN_TRANSACTION_SECONDS)
+                    except FutureTimeout:
+                        raise _FileNotYetDurable from None
             return indexed
+        except _FileNotYetDurable:
+            overlap = False
         except IntegrityError:
             # Two associations raced on the same new UID (the other won: this copy is now a
             # re-send), or a cached parent was deleted meanwhile: retry once without the cache.
-            if attempt == 2:
+            if raced:
                 raise
+            raced = True
             forget_cached_parents()
 
 
