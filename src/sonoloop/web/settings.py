@@ -152,6 +152,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {
         "pynetdicom": {"level": "WARNING"},
+        # highdicom says at INFO which module it copies into every SEG and SR: ten lines a job
+        "highdicom": {"level": "WARNING"},
         "django.request": {"level": "WARNING"},
     },
 }
