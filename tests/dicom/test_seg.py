@@ -102,3 +102,66 @@ def test_masks_packed_a_few_frames_at_a_time_are_the_bits_of_the_whole_loop(shap
     labels = np.random.default_rng(7).integers(0, 4, size=shape).astype(np.uint8)
     whole = np.packbits(np.concatenate([labels == c for c in (1, 3)]).ravel(), bitorder="little").tobytes()
     assert _packed_masks(labels, [1, 3], chunk=3) == whole
+
+
+def per_frame_items_as_datasets(source, segments: int, numbers: list[int]) -> list:
+    """The Per-Frame Functional Groups the SEG must carry, built as pydicom datasets (as
+    build_segmentation built them before it encoded them itself)."""
+    from pydicom.dataset import Dataset
+
+    def code(value, scheme, meaning):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+        return item
+
+    multi_frame = int(source.get("NumberOfFrames", 1) or 1) > 1
+    items = []
+    for segment in range(1, segments + 1):
+        for n in numbers:
+            reference = Dataset()
+            reference.ReferencedSOPClassUID = source.SOPClassUID
+            reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+            if multi_frame:
+                reference.ReferencedFrameNumber = n
+            reference.PurposeOfReferenceCodeSequence = [code("121322", "DCM", "Source image for image processing operation")]
+            reference.SpatialLocationsPreserved = "YES"
+            derivation = Dataset()
+            derivation.DerivationCodeSequence = [code("113076", "DCM", "Segmentation")]
+            derivation.SourceImageSequence = [reference]
+            content = Dataset()
+            content.DimensionIndexValues = [segment, n] if multi_frame else [segment]
+            if multi_frame:
+                content.TemporalPositionIndex = n
+            identification = Dataset()
+            identification.ReferencedSegmentNumber = segment
+            item = Dataset()
+            item.DerivationImageSequence = [derivation]
+            item.FrameContentSequence = [content]
+            item.SegmentIdentificationSequence = [identification]
+            items.append(item)
+    return items
+
+
+@pytest.mark.parametrize("sample, frames", [(ECHO_CINE_JPEG, 120), (US_NATIVE, 1)])
+def test_the_encoded_per_frame_groups_are_the_items_built_as_datasets_in_either_vr_encoding(sample, frames):
+    import io
+
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    source = dcmread(sample_path(sample), stop_before_pixels=True)
+    labels = moving_labels(frames, source.Rows, source.Columns)
+    seg = build_segmentation(source, labels, CLASSES, ALGORITHM)
+    segments = len(seg.SegmentSequence)
+    expected = per_frame_items_as_datasets(source, segments, list(range(1, frames + 1)))
+    assert list(seg.PerFrameFunctionalGroupsSequence) == expected  # in memory, as the SR reads it
+    for syntax in (None, ImplicitVRLittleEndian):  # as stored, and re-encoded for a peer that wants implicit VR
+        seg = build_segmentation(source, labels, CLASSES, ALGORITHM)
+        out = io.BytesIO()
+        if syntax:
+            seg.file_meta.TransferSyntaxUID = syntax
+        dcmwrite(out, seg, enforce_file_format=True)
+        back = dcmread(io.BytesIO(out.getvalue()))
+        assert list(back.PerFrameFunctionalGroupsSequence) == expected
+        assert back.NumberOfFrames == segments * frames
+        np.testing.assert_array_equal(read_segmentation(back)[0], labels)  # segments 1, 2 (, 3) are LV, MYO (, LA)
