@@ -84,3 +84,17 @@ def test_curve_noise_is_the_frame_to_frame_roughness_against_the_beat_amplitude(
     assert curve_noise(flicker) > 5 * curve_noise(smooth)
     assert curve_noise(np.full(10, 5.0)) == 0.0
     assert curve_noise(smooth) == pytest.approx(curve_noise(smooth * 2.5))  # independent of units
+
+
+def test_the_shifted_plane_border_and_growth_are_scipys_4_neighbour_erosion_and_dilation():
+    from scipy import ndimage
+
+    from sonoloop.echo.quality import _border, _grow
+
+    four = ndimage.generate_binary_structure(2, 1)
+    rng = np.random.default_rng(5)
+    masks = [rng.random((37, 53)) < p for p in (0.05, 0.5, 0.95)] + [np.ones((9, 7), bool), np.zeros((4, 4), bool)]
+    masks += [ndimage.binary_opening(rng.random((60, 80)) < 0.6) for _ in range(3)]  # blobs touching the edges
+    for mask in masks:
+        assert np.array_equal(_border(mask), mask & ~ndimage.binary_erosion(mask, structure=four, border_value=0))
+        assert np.array_equal(_grow(mask), ndimage.binary_dilation(mask, structure=four))

@@ -69,12 +69,30 @@ def _has_holes(mask: np.ndarray) -> bool:
     return bool(np.bincount(holes.ravel())[1:].max() > HOLE_MIN_FRACTION * mask.sum())
 
 
+# The two 4-neighbour morphology steps the checks use, written as shifted boolean planes: the
+# same pixels as ndimage.binary_erosion(mask, _FOUR, border_value=0) and binary_dilation(mask,
+# _FOUR), ten times faster on these small crops (scipy's generic binary morphology was a third
+# of a loop's plausibility checks).
+
 def _border(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=_FOUR, border_value=0)
+    """The mask's pixels with a 4-neighbour outside it (outside the array counts as outside)."""
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    inner[0], inner[-1], inner[:, 0], inner[:, -1] = False, False, False, False
+    return mask & ~inner
 
 
 def _grow(mask: np.ndarray) -> np.ndarray:
-    return ndimage.binary_dilation(mask, structure=_FOUR)
+    """The mask and its 4-neighbours."""
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    grown[:, 1:] |= mask[:, :-1]
+    grown[:, :-1] |= mask[:, 1:]
+    return grown
 
 
 def lv_exposure(labels: np.ndarray, index: ClassIndex) -> float:
@@ -146,14 +164,9 @@ def frame_problems(labels: np.ndarray, index: ClassIndex, sector: np.ndarray | N
 def loop_problems(labels: np.ndarray, classes: list[str], sector: np.ndarray | None = None) -> list[list[str]]:
     """``frame_problems`` for every frame of (N, H, W) label maps."""
     index = ClassIndex.of(classes)
-    if len(labels) < 8:
-        return [frame_problems(frame, index, sector) for frame in labels]
-    # SciPy's morphology and labelling let go of the GIL for part of their work: two threads
-    # check a 120-frame loop in two thirds of the time (0.28 s → 0.19 s on two cores)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2, thread_name_prefix="sonoloop-check") as pool:
-        return list(pool.map(lambda frame: frame_problems(frame, index, sector), labels))
+    # (two threads paid while the morphology was scipy's, which lets go of the GIL; with the
+    # shifted planes above one thread checks a 120-frame loop in 0.2 s, as fast as two)
+    return [frame_problems(frame, index, sector) for frame in labels]
 
 
 def describe(problems: list[str]) -> str:
