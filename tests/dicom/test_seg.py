@@ -123,7 +123,8 @@ def per_frame_items_as_datasets(source, segments: int, numbers: list[int]) -> li
             reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
             if multi_frame:
                 reference.ReferencedFrameNumber = n
-            reference.PurposeOfReferenceCodeSequence = [code("121322", "DCM", "Source image for image processing operation")]
+            purpose = code("121322", "DCM", "Source image for image processing operation")
+            reference.PurposeOfReferenceCodeSequence = [purpose]
             reference.SpatialLocationsPreserved = "YES"
             derivation = Dataset()
             derivation.DerivationCodeSequence = [code("113076", "DCM", "Segmentation")]

@@ -261,9 +261,10 @@ def _encoded(dataset: Dataset) -> bytes:
 
 
 def _per_frame_groups(source: Dataset, numbers: list[int], segments: int) -> bytes:
-    """The items of the Per-Frame Functional Groups Sequence, encoded: for each segment, for each source frame ``n``, its Derivation Image
-    (the source instance and frame), Frame Content (Temporal Position Index ``n`` and the
-    Dimension Index Values) and Segment Identification groups.
+    """The items of the Per-Frame Functional Groups Sequence, encoded: for each segment, for
+    each source frame ``n``, its Derivation Image (the source instance and frame), Frame
+    Content (Temporal Position Index ``n`` and the Dimension Index Values) and Segment
+    Identification groups.
 
     A 120-frame, 3-segment loop has 360 such items of 7 nested datasets each: built as
     pydicom datasets and written by pydicom they took 0.25–0.35 s of a job; here pydicom
