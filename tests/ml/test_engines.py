@@ -101,7 +101,6 @@ def test_flip_averaging_mixes_each_frame_with_its_mirror_image():
     assert averaged.name == "ramp+flip"
 
 
-
 FORWARD_PASSES = """
 import platform, resource, sys
 import numpy as np
