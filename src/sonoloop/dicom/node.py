@@ -34,7 +34,6 @@ from pynetdicom.sop_class import (
 
 from . import commitment, status, tls
 from .archive import Archive, Located, Permissions
-from .tuning import DUL_POLL_SECONDS
 from .filestore import StorageFull
 from .instance import InvalidInstance
 from .query import Query, QueryError, build_response, check_retrieve_keys, parse_identifier
@@ -254,9 +253,6 @@ class DicomNode:
     # -- handlers ---------------------------------------------------------------------------
 
     def _established(self, event) -> None:
-        # pynetdicom's DUL thread sleeps this long between polls when idle; its 1 ms
-        # default adds up to a millisecond to every C-STORE of a batch.
-        event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
         calling_ae, address = _peer(event)
         with self._per_host_lock:
             open_here = self._per_host.get(address, 0) + 1

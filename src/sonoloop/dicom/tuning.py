@@ -3,53 +3,241 @@
 Importing Sonoloop changes nothing in pynetdicom; the `dicomnode` command calls
 :func:`node_process` once at start-up. The web workers and the task worker (which send
 results and C-MOVE sub-associations as an SCU) run pynetdicom as it ships.
+
+pynetdicom runs two threads per association that poll: the DUL thread sleeps 1 ms between
+looks at its socket and its send queue, and the association's reactor sleeps 1 ms between
+looks at its message queue. Shorter sleeps lower the latency of a C-STORE but cost wake-ups:
+the node used to poll every 0.1 ms, and then each open association took ~30 % of a core while
+it sat idle (ten idle associations from a modality's pool: three cores), and ~2 ms of CPU per
+single-frame C-STORE went to polling. Here both threads wait instead, and wake when there is
+something to do:
+
+- the DUL thread in ``select()`` on its socket and on a pipe that its association writes a
+  byte to whenever it queues a PDU to send (or stops the thread);
+- the reactor on an event that is set when a whole DIMSE message has arrived, when the DUL
+  thread passes the association anything else (a release or abort from the peer), and when
+  another thread pauses the reactor to send a message itself.
+
+Both also wake every :data:`IDLE_WAIT_SECONDS` to check what pynetdicom checks on a timer
+(the ARTIM and network timeouts, a DUL thread that died).
 """
 
 from __future__ import annotations
 
 import inspect
+import os
+import queue
+import select
+import threading
 import time
 
 from pynetdicom import _config
 from pynetdicom import association as _association_module
+from pynetdicom import dimse as _dimse_module
+from pynetdicom import dul as _dul_module
+from pynetdicom.dul import DULServiceProvider
 
-# pynetdicom polls with 1 ms sleeps; 0.1 ms lifts single-frame ingest by ~25 % at the cost
-# of ~10,000 wake-ups a second per open association (benchmarks/ingest.py).
-DUL_POLL_SECONDS = 0.0001
-_POLL = "time.sleep(0.001)"
+# The longest an idle association's threads wait before they look at their timers again.
+IDLE_WAIT_SECONDS = 0.05
+
+# what the patches rely on in pynetdicom's source (checked before anything is patched)
+_EXPECTED = (
+    (_association_module.Association._run_reactor, "time.sleep(0.001)"),
+    (DULServiceProvider.run_reactor, "time.sleep(self._run_loop_delay)"),
+    (DULServiceProvider.send_pdu, "self.to_provider_queue.put(primitive)"),
+    (DULServiceProvider.stop_dul, "self._kill_thread = True"),
+    (_dimse_module.DIMSEServiceProvider.receive_primitive, "self.msg_queue.put("),
+    (DULServiceProvider.__init__, "self.to_user_queue: \"queue.Queue[_UserQueuePrimitives]\" = queue.Queue()"),
+)
 
 
 class TuningError(RuntimeError):
     """The pinned pynetdicom no longer looks as the tuning expects."""
 
 
-class _FasterReactorClock:
-    """pynetdicom's association reactor polls its message queue with ``time.sleep(0.001)``
-    (association.py, ``_run_reactor``), which costs up to 1 ms per C-STORE in a batch. Its
-    module sees this clock instead: the 1 ms poll becomes DUL_POLL_SECONDS; other calls pass
-    through."""
+class _Wakeup:
+    """A non-blocking pipe: other threads write a byte to wake a DUL thread waiting in select()."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def set(self) -> None:
+        with self._lock:  # never write to a closed (and possibly reused) descriptor
+            if self._write is None:
+                return
+            try:
+                os.write(self._write, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
+
+    def wait(self, sock, timeout: float) -> None:
+        """Until ``sock`` is readable, :meth:`set` is called, or ``timeout`` passes. Only the
+        thread that owns this object waits on it and closes it."""
+        readable, _, _ = select.select([sock, self._read], [], [], timeout)
+        if self._read in readable:
+            try:
+                while os.read(self._read, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            descriptors, self._read, self._write = (self._read, self._write), None, None
+        for fd in descriptors:
+            if fd is not None:
+                os.close(fd)
+
+
+class _Clock:
+    """Stands in for the ``time`` module in one pynetdicom module: everything but ``sleep``
+    passes through."""
 
     def __getattr__(self, name):
         return getattr(time, name)
 
+
+class _DulClock(_Clock):
+    """What pynetdicom's ``dul`` module sees as ``time``: in a DUL thread with a connected
+    socket and nothing to send, ``sleep`` waits for the socket or a wake-up instead; every
+    other call passes through (``stop_dul`` sleeps in the caller's thread)."""
+
     @staticmethod
     def sleep(seconds: float) -> None:
-        time.sleep(DUL_POLL_SECONDS if seconds == 0.001 else seconds)
+        dul = threading.current_thread()
+        wakeup = getattr(dul, "_sonoloop_wakeup", None)
+        sock = getattr(getattr(dul, "socket", None), "socket", None)
+        if wakeup is None or sock is None or dul._kill_thread or not dul.to_provider_queue.empty():
+            time.sleep(seconds)
+            return
+        pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted and buffered
+        if pending is not None and pending():
+            return
+        try:
+            wakeup.wait(sock, IDLE_WAIT_SECONDS)
+        except (OSError, ValueError):  # the socket was closed meanwhile: the loop sees it
+            time.sleep(seconds)
 
 
-def faster_polling() -> None:
-    """Shorten the association reactor's poll; raises :class:`TuningError` when the installed
-    pynetdicom no longer polls that way (the patch would silently do nothing)."""
-    source = inspect.getsource(_association_module.Association._run_reactor)
-    if _POLL not in source or not hasattr(_association_module, "time"):
-        raise TuningError("pynetdicom's association reactor no longer polls with time.sleep(0.001): "
-                          "the node's poll tuning does not apply to this version (see sonoloop.dicom.tuning)")
-    _association_module.time = _FasterReactorClock()
+class _ReactorClock(_Clock):
+    """What pynetdicom's ``association`` module sees as ``time``: the reactor's 1 ms poll
+    becomes a wait for its association's activity (:func:`_watch`); every other call passes
+    through (a thread pausing the reactor sleeps 0.1 ms between looks)."""
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        assoc = threading.current_thread()
+        activity = getattr(assoc, "_sonoloop_activity", None)
+        if seconds != 0.001 or activity is None:
+            time.sleep(seconds)
+            return
+        activity.clear()  # cleared before looking: anything after it sets it again
+        if assoc.dimse.msg_queue.empty() and assoc.dul.to_user_queue.empty() and assoc._reactor_checkpoint.is_set():
+            activity.wait(IDLE_WAIT_SECONDS)
+
+
+class _SignallingQueue(queue.Queue):
+    """An association's message queue, or its DUL's queue to it (A-RELEASE, A-ABORT): each put
+    also sets the association's activity event. (The reactor must not wait on the queue's own
+    condition: ``put`` notifies only one waiter, and a thread blocked in ``get`` would miss it.)"""
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._sonoloop_activity.set()
+
+
+class _SignallingCheckpoint(threading.Event):
+    """The reactor's checkpoint: a thread that clears it to pause the reactor (to send a
+    message itself) then waits for the reactor to get there; this wakes the reactor at once."""
+
+    def clear(self) -> None:
+        super().clear()
+        self._sonoloop_activity.set()
+
+
+def _watch(assoc) -> None:
+    """Give ``assoc`` the event its reactor waits on, set by everything the reactor acts on."""
+    dimse, dul = getattr(assoc, "dimse", None), getattr(assoc, "dul", None)
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    if (dimse is None or dul is None or type(dimse.msg_queue) is not queue.Queue
+            or type(dul.to_user_queue) is not queue.Queue or type(checkpoint) is not threading.Event):
+        return  # not as expected (or watched already): this reactor polls as shipped
+    activity = threading.Event()
+    for watched, kind in ((dimse.msg_queue, _SignallingQueue), (dul.to_user_queue, _SignallingQueue),
+                          (checkpoint, _SignallingCheckpoint)):
+        watched._sonoloop_activity = activity
+        watched.__class__ = kind
+    assoc._sonoloop_activity = activity
+
+
+def _patch_dul() -> None:
+    run_reactor, send_pdu, kill_dul, stop_dul = (DULServiceProvider.run_reactor, DULServiceProvider.send_pdu,
+                                                 DULServiceProvider.kill_dul, DULServiceProvider.stop_dul)
+
+    def waking_run_reactor(self) -> None:
+        self._sonoloop_wakeup = _Wakeup()
+        _watch(self.assoc)  # before the association's reactor runs: the DUL thread starts first
+        try:
+            run_reactor(self)
+        finally:
+            self._sonoloop_wakeup.close()
+
+    def waking_send_pdu(self, primitive) -> None:
+        send_pdu(self, primitive)
+        wakeup = getattr(self, "_sonoloop_wakeup", None)
+        if wakeup is not None:
+            wakeup.set()
+
+    def waking_kill_dul(self) -> None:
+        kill_dul(self)
+        wakeup = getattr(self, "_sonoloop_wakeup", None)
+        if wakeup is not None:
+            wakeup.set()
+
+    def waking_stop_dul(self) -> bool:
+        # stop_dul sets the flag and waits for the thread to end: wake the thread to see it
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            wakeup = getattr(self, "_sonoloop_wakeup", None)
+            if wakeup is not None:
+                wakeup.set()
+        return stop_dul(self)
+
+    DULServiceProvider.stop_dul = waking_stop_dul
+    DULServiceProvider.run_reactor = waking_run_reactor
+    DULServiceProvider.send_pdu = waking_send_pdu
+    DULServiceProvider.kill_dul = waking_kill_dul
+    _dul_module.time = _DulClock()
+
+
+_applied = False
+
+
+def waiting_reactors() -> None:
+    """Make both threads of every association wait instead of polling; raises
+    :class:`TuningError` when the installed pynetdicom no longer looks as expected (nothing is
+    patched then, and pynetdicom polls every millisecond as it ships)."""
+    global _applied
+    for function, line in _EXPECTED:
+        if line not in inspect.getsource(function):
+            raise TuningError(f"pynetdicom's {function.__qualname__} no longer does {line!r}: the node's "
+                              f"reactor tuning does not apply to this version (see sonoloop.dicom.tuning)")
+    if not (hasattr(_association_module, "time") and hasattr(_dul_module, "time")):
+        raise TuningError("pynetdicom's association or dul module no longer imports time: the node's "
+                          "reactor tuning does not apply to this version (see sonoloop.dicom.tuning)")
+    if _applied:
+        return
+    _patch_dul()
+    _association_module.time = _ReactorClock()
+    _applied = True
 
 
 def node_process() -> None:
     """Everything the node's process sets in pynetdicom: no identifiers (patient data) in its
-    logs, and the shorter poll."""
+    logs, and reactors that wait instead of polling."""
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
-    faster_polling()
+    waiting_reactors()
