@@ -1,5 +1,9 @@
-"""The node's own networking, with an archive that answers only who may echo."""
+"""The node's own networking, with an archive that answers only who may echo.
 
+With SONOLOOP_TEST_NODE_TUNING=1 this module runs under the node process's pynetdicom tuning
+(tests/dicom/test_tuning.py does so in a subprocess: the tuning is process-wide)."""
+
+import os
 import socket
 import time
 
@@ -10,6 +14,11 @@ from pynetdicom.sop_class import Verification
 from sonoloop.dicom.archive import Permissions
 from sonoloop.dicom.node import DicomNode, NodeSettings
 from tests.conftest import free_port
+
+if os.environ.get("SONOLOOP_TEST_NODE_TUNING") == "1":
+    from sonoloop.dicom import tuning
+
+    tuning.node_process()
 
 
 class EchoOnly:
@@ -75,3 +84,30 @@ def test_a_connection_that_sends_nothing_is_still_held_only_until_the_acse_timeo
         time.sleep(0.3)
         assert node.server.active_associations  # still waiting for the request
         assert wait_until_no_association(node, 5) < 5  # then the ACSE timeout ends it
+
+
+def test_an_idle_association_ends_at_the_network_timeout_and_an_abort_frees_it_at_once(node):
+    """What the reactors check on their timers and what wakes them, with pynetdicom as it ships
+    and (run again by tests/dicom/test_tuning.py) with the node's waiting reactors."""
+    node, _ = node
+    node.ae.network_timeout = 1
+    ae = AE(ae_title="IDLE")
+    ae.add_requested_context(Verification)
+    idle = ae.associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP")
+    assert idle.is_established
+    assert idle.send_c_echo().Status == 0x0000
+    started = time.monotonic()
+    while idle.is_established and time.monotonic() - started < 5:
+        time.sleep(0.02)
+    assert not idle.is_established and idle.is_aborted  # the node gave up on the silent peer
+    assert 0.9 < time.monotonic() - started < 3
+    assert wait_until_no_association(node, 5) < 5
+
+    node.ae.network_timeout = 60
+    aborting = ae.associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP")
+    assert aborting.is_established and aborting.send_c_echo().Status == 0x0000
+    aborting.abort()
+    assert wait_until_no_association(node, 5) < 1  # the peer's A-ABORT wakes the reactor
+    later = ae.associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP")
+    assert later.is_established and later.send_c_echo().Status == 0x0000
+    later.release()

@@ -97,3 +97,17 @@ def test_a_pynetdicom_that_no_longer_looks_as_expected_is_reported_not_patched(m
     with pytest.raises(tuning.TuningError, match="no longer does"):
         tuning.waiting_reactors()
     assert (association.time, dul.time, dul.DULServiceProvider.run_reactor, dul.DULServiceProvider.send_pdu) == before
+
+
+def test_the_nodes_networking_tests_pass_under_the_tuning_too():
+    """tests/dicom/test_node.py (probes, a silent connection, the network timeout, an abort) in
+    a process with the tuning applied."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/dicom/test_node.py"]
+    result = subprocess.run(command, cwd=root, env={**os.environ, "SONOLOOP_TEST_NODE_TUNING": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
