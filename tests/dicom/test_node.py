@@ -3,19 +3,27 @@
 With SONOLOOP_TEST_NODE_TUNING=1 this module runs under the node process's pynetdicom tuning
 (tests/dicom/test_tuning.py does so in a subprocess: the tuning is process-wide)."""
 
+import hashlib
 import os
 import socket
+import threading
 import time
+from io import BytesIO
 
 import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.sop_class import UltrasoundImageStorage, Verification
 
 from sonoloop.dicom.archive import Permissions
 from sonoloop.dicom.node import DicomNode, NodeSettings
 from tests.conftest import free_port
 
-if os.environ.get("SONOLOOP_TEST_NODE_TUNING") == "1":
+TUNED = os.environ.get("SONOLOOP_TEST_NODE_TUNING") == "1"
+if TUNED:
     from sonoloop.dicom import tuning
 
     tuning.node_process()
@@ -111,3 +119,128 @@ def test_an_idle_association_ends_at_the_network_timeout_and_an_abort_frees_it_a
     later = ae.associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP")
     assert later.is_established and later.send_c_echo().Status == 0x0000
     later.release()
+
+
+class Storing(EchoOnly):
+    """An archive that keeps what it is given, and where (which thread) it was given it."""
+
+    def __init__(self, status=0x0000):
+        super().__init__()
+        self.stored, self.threads, self.ended_in = [], [], []
+        self.status = status
+
+    def permissions(self, calling_ae, address, certificate_names=()):
+        return Permissions(echo=True, store=True, query=False)
+
+    def store(self, raw, *, calling_ae, address, expected=None, may_correct=False, sha256=None):
+        self.stored.append((bytes(raw), expected, sha256))
+        self.threads.append(threading.current_thread())
+        return self.status
+
+    def association_ended(self):
+        super().association_ended()
+        self.ended_in.append(threading.current_thread())
+
+
+def _image(uid: str, size: int) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, uid
+    ds.PatientID, ds.Rows, ds.Columns = "P1", size // 100, 100
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.SamplesPerPixel, ds.PixelRepresentation = 8, 8, 7, 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(range(100)) * (size // 100)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_original_encoding(False, True)
+    return ds
+
+
+def _storing_node(archive, **settings):
+    node = DicomNode(archive, NodeSettings("SONOLOOP", "127.0.0.1", free_port(), **settings))
+    node.start(block=False)
+    return node
+
+
+def _requestor():
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(UltrasoundImageStorage, ExplicitVRLittleEndian)
+    return ae
+
+
+def test_stores_and_echoes_on_one_association_are_answered_and_stored_as_sent():
+    """Under the tuning the C-STOREs go through the store lane (in the DUL thread), the C-ECHO
+    through pynetdicom; without it everything goes through pynetdicom. The archive sees the same
+    bytes either way: the File Meta pynetdicom writes, then the data set as sent."""
+    archive = Storing(status=0xB000)
+    node = _storing_node(archive)
+    try:
+        assoc = _requestor().associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP", max_pdu=16382)
+        assert assoc.is_established
+        images = [_image(f"1.2.826.0.1.3680043.8.498.{n}", 50_000 * n) for n in (1, 2)]
+        assert assoc.send_c_store(images[0]).Status == 0xB000
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(images[1]).Status == 0xB000
+        assoc.release()
+        assert wait_until_no_association(node, 5) < 5
+    finally:
+        node.stop()
+    assert [expected for _, expected, _ in archive.stored] == [(UltrasoundImageStorage, i.SOPInstanceUID) for i in images]
+    for (raw, _, sha256), image in zip(archive.stored, images):
+        assert raw[128:132] == b"DICM"
+        stored = dcmread(BytesIO(raw))
+        assert stored.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert stored.file_meta.MediaStorageSOPInstanceUID == image.SOPInstanceUID
+        assert stored.PixelData == image.PixelData and stored.PatientID == "P1"
+        assert sha256 in (None, hashlib.sha256(raw).hexdigest())
+    in_lane = [isinstance(thread, DULServiceProvider) for thread in archive.threads]
+    assert in_lane == [TUNED, TUNED]
+    if TUNED:  # the lane's thread also closed its part of the association
+        assert archive.threads[0] in archive.ended_in and all(sha for _, _, sha in archive.stored)
+
+
+def test_an_instance_over_the_limit_aborts_the_association_and_nothing_is_stored():
+    archive = Storing()
+    node = _storing_node(archive, max_instance_bytes=20_000)
+    try:
+        assoc = _requestor().associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP", max_pdu=16382)
+        assert assoc.is_established
+        assert assoc.send_c_store(_image("1.2.3.1", 10_000)).Status == 0x0000  # under the limit
+        response = assoc.send_c_store(_image("1.2.3.2", 5_000_000))
+        assert "Status" not in response  # no answer: the node aborted
+        started = time.monotonic()
+        while assoc.is_established and time.monotonic() - started < 5:
+            time.sleep(0.02)
+        assert assoc.is_aborted
+        assert wait_until_no_association(node, 5) < 5
+        again = _requestor().associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP")
+        assert again.send_c_store(_image("1.2.3.3", 10_000)).Status == 0x0000  # the node still takes stores
+        again.release()
+    finally:
+        node.stop()
+    assert [expected[1] for _, expected, _ in archive.stored] == ["1.2.3.1", "1.2.3.3"]
+
+
+def test_a_pdu_that_declares_gigabytes_costs_only_what_arrives():
+    """A peer may declare a 4 GB P-DATA-TF PDU and send a few bytes: memory is taken as the
+    bytes arrive, not for what the header claims."""
+    import resource
+
+    archive = Storing()
+    node = _storing_node(archive)
+    try:
+        assoc = _requestor().associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP")
+        assert assoc.is_established
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assoc.dul.socket.socket.sendall(b"\x04\x00\xff\xff\xff\xf0" + b"\x00" * 1000)
+        time.sleep(0.5)
+        grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        assert grown_mb < 100, grown_mb
+        assoc.abort()
+        assert wait_until_no_association(node, 5) < 5
+        again = _requestor().associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP")
+        assert again.send_c_store(_image("1.2.3.9", 10_000)).Status == 0x0000
+        again.release()
+    finally:
+        node.stop()
+    assert [expected[1] for _, expected, _ in archive.stored] == ["1.2.3.9"]

@@ -79,10 +79,11 @@ print(idle, echo, statistics.median(releases))
 def test_the_node_tuning_makes_an_idle_association_nearly_free_and_wakes_at_once_for_work():
     tuned = [float(v) for v in _run(SCP_THREADS, "tuned").split()]
     plain = [float(v) for v in _run(SCP_THREADS, "plain").split()]
-    # pynetdicom as it ships polls every millisecond in both threads (~10 % of a core here;
-    # the node's earlier 0.1 ms poll took ~30 %); waiting, they take ~0.5 %
+    # pynetdicom as it ships polls every millisecond in both threads (4-10 % of a core here;
+    # the node's earlier 0.1 ms poll took ~30 %); waiting, they take ~0.5 %. (CPU is read in
+    # 10 ms ticks over 2 s: 0.02 is four ticks.)
     assert tuned[0] < 0.03, tuned
-    assert plain[0] > 2 * max(tuned[0], 0.02), plain
+    assert plain[0] > max(2 * tuned[0], 0.02), plain
     # woken at once: a message, a release from the peer, a thread pausing the reactor to
     # send, and the end of the DUL thread never wait for the 0.5 s timer
     assert tuned[1] < 0.05, tuned  # ~2-4 ms per C-ECHO here, plain ~3-4 ms
@@ -111,3 +112,15 @@ def test_the_nodes_networking_tests_pass_under_the_tuning_too():
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+def test_a_pynetdicom_whose_pdu_reader_changed_is_reported_not_patched(monkeypatch):
+    """The store lane replaces DULServiceProvider._read_pdu_data whole: any other version of it
+    (a pynetdicom upgrade) turns the tuning off instead of running a stale copy."""
+    from pynetdicom import dul
+
+    before = (dul.time, dul.DULServiceProvider._read_pdu_data, dul.DULServiceProvider.run_reactor)
+    monkeypatch.setattr(tuning, "_READ_PDU_DATA_SHA256", "0" * 64)
+    with pytest.raises(tuning.TuningError, match="_read_pdu_data"):
+        tuning.waiting_reactors()
+    assert (dul.time, dul.DULServiceProvider._read_pdu_data, dul.DULServiceProvider.run_reactor) == before

@@ -54,9 +54,10 @@ class Archive(Protocol):
                     certificate_names: frozenset[str] | None = None) -> Permissions: ...
 
     def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None,
-              may_correct: bool = False) -> int:
+              may_correct: bool = False, sha256: str | None = None) -> int:
         """Persist and index one instance; ``expected`` is the request's (SOP Class, SOP Instance) UIDs;
-        ``may_correct``: the peer is trusted for corrections."""
+        ``may_correct``: the peer is trusted for corrections; ``sha256``: the digest of ``raw``, when
+        it was computed as the bytes arrived."""
 
     def find(self, query: Query, *, calling_ae: str, address: str) -> Iterable[dict]: ...
 

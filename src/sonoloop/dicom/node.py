@@ -37,6 +37,7 @@ from .archive import Archive, Located, Permissions
 from .filestore import StorageFull
 from .instance import InvalidInstance
 from .query import Query, QueryError, build_response, check_retrieve_keys, parse_identifier
+from .storelane import StoreLane
 
 log = logging.getLogger("sonoloop.dicom")
 
@@ -66,6 +67,7 @@ RETIRED_ULTRASOUND = {
 }
 
 STORAGE_SOP_CLASSES = sorted({c.abstract_syntax for c in AllStoragePresentationContexts} | set(RETIRED_ULTRASOUND.values()))
+_STORAGE = frozenset(STORAGE_SOP_CLASSES)
 
 
 def register_retired_storage() -> None:
@@ -156,9 +158,8 @@ def receive_into_files(folder: Path) -> None:
 
 def _received(event) -> bytes:
     """The received instance as a DICOM file: from pynetdicom's spool file, or its buffer."""
-    try:
-        path = event.dataset_path
-    except AttributeError:
+    path = getattr(event, "dataset_path", None)  # None (or missing) when pynetdicom buffered it
+    if path is None:
         return event.encoded_dataset(include_meta=True)
     return Path(path).read_bytes()
 
@@ -168,7 +169,11 @@ _MESSAGE_HEADROOM = 1024 * 1024
 
 
 def _peer(event) -> tuple[str, str]:
-    requestor = event.assoc.requestor
+    return _peer_of(event.assoc)
+
+
+def _peer_of(assoc) -> tuple[str, str]:
+    requestor = assoc.requestor
     return requestor.ae_title, requestor.address
 
 
@@ -267,6 +272,24 @@ class DicomNode:
         if not (permissions.echo or permissions.store or permissions.query):
             log.warning("association from %s at %s aborted: not a known peer from its host", calling_ae, address)
             event.assoc.abort()
+            return
+        if permissions.store:
+            event.assoc._sonoloop_lane = self._store_lane(event.assoc)
+
+    def _store_lane(self, assoc) -> StoreLane:
+        """Plain C-STORE requests taken off the wire in the association's DUL thread (when the
+        node's process has :mod:`~sonoloop.dicom.tuning` applied; otherwise unused). Its stores
+        run in that thread, so that thread's part of :meth:`Archive.association_ended` runs there
+        too, when the lane closes."""
+        contexts = {cx.context_id: (cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
+                    if cx.as_scp and cx.abstract_syntax in _STORAGE}
+        return StoreLane(
+            contexts,
+            lambda request, raw, sha256: self._store(assoc, request.sop_class_uid, request.sop_instance_uid,
+                                                     lambda: raw, sha256),
+            self.settings.max_instance_bytes + _MESSAGE_HEADROOM,
+            on_close=self.archive.association_ended,
+        )
 
     def _uncount(self, event) -> None:
         if getattr(event.assoc, "_sonoloop_counted", False):
@@ -312,13 +335,16 @@ class DicomNode:
         self.archive.association_ended()
 
     def _permissions(self, event) -> Permissions:
+        return self._permissions_of(event.assoc)
+
+    def _permissions_of(self, assoc) -> Permissions:
         """Looked up once per association (a peer sends hundreds of instances in one)."""
-        cached = getattr(event.assoc, "_sonoloop_permissions", None)
+        cached = getattr(assoc, "_sonoloop_permissions", None)
         if cached is None:
-            calling_ae, address = _peer(event)
-            names = tls.certificate_names(getattr(event.assoc.dul.socket, "socket", None))
+            calling_ae, address = _peer_of(assoc)
+            names = tls.certificate_names(getattr(assoc.dul.socket, "socket", None))
             cached = self.archive.permissions(calling_ae, address, names)
-            event.assoc._sonoloop_permissions = cached
+            assoc._sonoloop_permissions = cached
         return cached
 
     def handle_echo(self, event) -> int:
@@ -329,14 +355,18 @@ class DicomNode:
         return status.SUCCESS
 
     def handle_store(self, event) -> int:
-        calling_ae, address = _peer(event)
         request = event.request
-        sop_uid = str(request.AffectedSOPInstanceUID or "")
-        permissions = self._permissions(event)
+        return self._store(event.assoc, str(request.AffectedSOPClassUID or ""),
+                           str(request.AffectedSOPInstanceUID or ""), lambda: _received(event))
+
+    def _store(self, assoc, sop_class_uid: str, sop_uid: str, received, sha256: str | None = None) -> int:
+        """One C-STORE request (from pynetdicom's handler or the store lane): its status."""
+        calling_ae, address = _peer_of(assoc)
+        permissions = self._permissions_of(assoc)
         if not permissions.store:
             log.warning("C-STORE refused: %s at %s may not store (SOP Instance %s)", calling_ae, address, sop_uid)
             return status.NOT_AUTHORIZED
-        raw = _received(event)
+        raw = received()
         if len(raw) > self.settings.max_instance_bytes:
             log.error(
                 "C-STORE from %s rejected: SOP Instance %s is %d bytes, over the %d-byte limit",
@@ -348,8 +378,9 @@ class DicomNode:
                 raw,
                 calling_ae=calling_ae,
                 address=address,
-                expected=(str(request.AffectedSOPClassUID or ""), sop_uid),
+                expected=(sop_class_uid, sop_uid),
                 may_correct=permissions.correct,
+                sha256=sha256,
             )
         except InvalidInstance as exc:
             log.error("C-STORE from %s (%s) rejected: SOP Instance %s: %s", calling_ae, address, exc.sop_instance_uid or sop_uid, exc)

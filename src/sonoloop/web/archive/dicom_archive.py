@@ -28,9 +28,9 @@ class DjangoArchive:
         return services.peer_permissions(calling_ae, address, certificate_names)
 
     def store(self, raw: bytes, *, calling_ae: str, address: str, expected: tuple[str, str] | None = None,
-              may_correct: bool = False) -> int:
+              may_correct: bool = False, sha256: str | None = None) -> int:
         sender = services.Sender(calling_ae, address, may_correct)
-        result = services.instance_store(raw, sender=sender, expected=expected)
+        result = services.instance_store(raw, sender=sender, expected=expected, sha256=sha256)
         if not result.kept_existing:
             self._association.actor = Actor(calling_ae, address, "dicom")
             self._stored().append(result.instance.pk)

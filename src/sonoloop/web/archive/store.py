@@ -232,7 +232,7 @@ def _check_room(size: int) -> None:
 
 
 def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str, str] | None = None,
-                   derived: bool = False, study_uid: str | None = None) -> StoreResult:
+                   derived: bool = False, study_uid: str | None = None, sha256: str | None = None) -> StoreResult:
     """Validate, durably write and index one DICOM instance (a complete DICOM file).
 
     The file is written under a new server-generated key (temporary name, fsync, rename,
@@ -250,11 +250,16 @@ def instance_store(raw: bytes, *, sender: Sender = Sender(), expected: tuple[str
     Otherwise the first copy is kept. ``derived``: an object Sonoloop made itself (its SEG,
     SR), which receivers of ``instance_indexed`` need not analyse. ``study_uid``: the study
     the request named (STOW-RS to /studies/{study}); an instance of another study is refused.
+    ``sha256``: the bytes' digest when the caller has it (the DICOM node hashes as they arrive).
     """
     _check_room(len(raw))
     key = new_key()
     written = _file_writer().submit(filestore().put, raw, key)
-    digest = _file_writer().submit(_sha256, raw)  # for storage commitment, while the file is written
+    digest: Future = Future()
+    if sha256:
+        digest.set_result(sha256)
+    else:
+        digest = _file_writer().submit(_sha256, raw)  # for storage commitment, while the file is written
     try:
         dataset, record = read_instance(raw, expected, settings.CONFIG.max_decoded_mb * 1024 * 1024)
         if study_uid and record.study_instance_uid != study_uid:
