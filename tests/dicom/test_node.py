@@ -192,11 +192,12 @@ def test_stores_and_echoes_on_one_association_are_answered_and_stored_as_sent():
         assert stored.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         assert stored.file_meta.MediaStorageSOPInstanceUID == image.SOPInstanceUID
         assert stored.PixelData == image.PixelData and stored.PatientID == "P1"
-        assert sha256 in (None, hashlib.sha256(raw).hexdigest())
+        # the lane hashes as the bytes arrive; pynetdicom's handler leaves it to the archive
+        assert sha256 == (hashlib.sha256(raw).hexdigest() if TUNED else None)
     in_lane = [isinstance(thread, DULServiceProvider) for thread in archive.threads]
     assert in_lane == [TUNED, TUNED]
     if TUNED:  # the lane's thread also closed its part of the association
-        assert archive.threads[0] in archive.ended_in and all(sha for _, _, sha in archive.stored)
+        assert archive.threads[0] in archive.ended_in
 
 
 def test_an_instance_over_the_limit_aborts_the_association_and_nothing_is_stored():
