@@ -22,9 +22,10 @@ def test_importing_the_node_and_the_archive_changes_nothing_in_pynetdicom():
         "from pynetdicom import _config, association, dul\n"
         "run_reactor = dul.DULServiceProvider.run_reactor\n"
         "import sonoloop.dicom.node, sonoloop.dicom.send, sonoloop.web.archive.dicom_archive\n"
+        "import sys\n"
         "print(association.time is time, dul.time is time, dul.DULServiceProvider.run_reactor is run_reactor,"
-        " _config.LOG_REQUEST_IDENTIFIERS, _config.STORE_RECV_CHUNKED_DATASET)")
-    assert out.splitlines()[-1] == "True True True True False"
+        " _config.LOG_REQUEST_IDENTIFIERS, _config.STORE_RECV_CHUNKED_DATASET, sys.getswitchinterval())")
+    assert out.splitlines()[-1] == "True True True True False 0.005"
 
 
 # An SCP in a process with the node's tuning ("tuned") or pynetdicom as it ships ("plain"):
@@ -40,6 +41,7 @@ if sys.argv[1] == "tuned":
     tuning.node_process()
     tuning.IDLE_WAIT_SECONDS = 0.5
     assert not _config.LOG_REQUEST_IDENTIFIERS and not _config.LOG_RESPONSE_IDENTIFIERS
+    assert abs(sys.getswitchinterval() - tuning.GIL_SWITCH_INTERVAL_SECONDS) < 1e-6
 VERIFICATION = "1.2.840.10008.1.1"
 scp = AE(ae_title="SCP")
 scp.add_supported_context(VERIFICATION)

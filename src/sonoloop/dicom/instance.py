@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass
 from io import BytesIO
 
 from pydicom import dcmread
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import get_expected_length
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from . import status
@@ -83,8 +84,25 @@ class InstanceRecord:
         return asdict(self)
 
 
+_TAGS: dict[str, BaseTag] = {}
+
+
+def _get(ds: Dataset, keyword: str):
+    """``ds.get(keyword)`` for a top-level element, its tag looked up once per keyword (every
+    received instance reads the same thirty; pydicom resolved each keyword every time)."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        if tag_for_keyword(keyword) is None:
+            raise ValueError(f"{keyword} is not a DICOM keyword")
+        tag = _TAGS.setdefault(keyword, Tag(keyword))
+    try:
+        return ds[tag].value
+    except KeyError:
+        return None
+
+
 def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     if value is None:
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
@@ -93,7 +111,7 @@ def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     if value in (None, ""):
         return None
     try:
@@ -148,7 +166,7 @@ def _check_ends_in_file(ds: Dataset, size: int) -> None:
     meta = getattr(ds, "file_meta", None)
     if not len(ds) or (meta is not None and meta.get("TransferSyntaxUID") == DEFLATED):
         return  # a deflated dataset's offsets are those of the inflated stream
-    last = ds.get_item(max(ds.keys()))
+    last = ds.get_item(max(map(int, ds.keys())))  # as plain ints: Tag's own comparisons are Python code
     length, tell = getattr(last, "length", None), getattr(last, "value_tell", None)
     if length is not None and tell is not None and length != 0xFFFFFFFF and tell + length > size:
         raise InvalidInstance(f"element {last.tag} declares {length} bytes but the data ends {size - tell} bytes "
@@ -160,10 +178,10 @@ def decoded_size(ds: Dataset) -> int:
     """Bytes the pixels take once decoded (what a decoder allocates): rows × columns × samples ×
     frames × bytes per sample; 0 without an image."""
     try:
-        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        bits = int(ds.get("BitsAllocated", 8) or 8)
+        rows, cols = int(_get(ds, "Rows") or 0), int(_get(ds, "Columns") or 0)
+        samples = int(_get(ds, "SamplesPerPixel") or 1)
+        frames = int(_get(ds, "NumberOfFrames") or 1)
+        bits = int(_get(ds, "BitsAllocated") or 8)
     except (TypeError, ValueError):
         return 0
     return rows * cols * samples * frames * max(1, (bits + 7) // 8)
@@ -205,6 +223,9 @@ def read_instance(raw: bytes, expected: tuple[str, str] | None = None,
     return ds, record
 
 
+_UID_KEYWORDS = frozenset(a.keyword for a in INDEXED if dictionary_VR(a.keyword) == "UI")
+
+
 def record_from_dataset(ds: Dataset) -> InstanceRecord:
     sop_instance_uid = _text(ds, "SOPInstanceUID", 128)
     sop_instance_uid = _uid(ds, "SOPInstanceUID", sop_instance_uid)
@@ -217,7 +238,7 @@ def record_from_dataset(ds: Dataset) -> InstanceRecord:
     for a in INDEXED:  # each indexed attribute as the table describes it
         if a.computed or a.field in values:
             continue
-        if dictionary_VR(a.keyword) == "UI":
+        if a.keyword in _UID_KEYWORDS:
             values[a.field] = _uid(ds, a.keyword, sop_instance_uid)
         elif a.number:
             values[a.field] = _int(ds, a.keyword)

@@ -81,7 +81,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 TASKS = {
     "default": {
-        "BACKEND": "django_tasks_db.DatabaseBackend",
+        "BACKEND": "sonoloop.web.taskrows.DatabaseBackend",  # django-tasks-db's, its row prepared once
         "QUEUES": ["default", "inference", "training"],
     }
 }

@@ -15,6 +15,7 @@ from sonoloop.web import jobs
 from sonoloop.web.archive.models import Instance
 from sonoloop.web.archive.removal import Removing
 from sonoloop.web.errors import Conflict
+from sonoloop.web.rows import PreparedInsert, PreparedUpdate
 
 from .labels import results_store
 from .models import AnalysisJob, AnalysisResult
@@ -28,6 +29,8 @@ ULTRASOUND_IMAGES = {
     "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image Storage (Retired)",
 }
 MAX_ATTEMPTS = 3
+_job_rows = PreparedInsert(AnalysisJob)  # a job per received image: the INSERT compiled once
+_job_task = PreparedUpdate(AnalysisJob, "task_id")
 
 
 def skip_reason(instance: Instance) -> str | None:
@@ -78,7 +81,7 @@ def job_create(instance: Instance, retry_of: AnalysisJob | None = None) -> Analy
     if reason:
         return AnalysisJob.objects.create(instance=instance, status=AnalysisJob.SKIPPED, reason=reason,
                                           finished_at=timezone.now(), retry_of=retry_of)
-    job = AnalysisJob.objects.create(instance=instance, status=AnalysisJob.QUEUED, retry_of=retry_of)
+    job = _job_rows.create(instance=instance, status=AnalysisJob.QUEUED, retry_of=retry_of)
     _enqueue(job)
     return job
 
@@ -87,7 +90,7 @@ def _enqueue(job: AnalysisJob) -> None:
     from .tasks import analyse_instance
 
     job.task_id = str(analyse_instance.enqueue(job.pk).id)  # the row names its current task
-    AnalysisJob.objects.filter(pk=job.pk).update(task_id=job.task_id)
+    _job_task.set(job.pk, job.task_id)
 
 
 def job_tasks(job_id: int):

@@ -25,6 +25,7 @@ from sonoloop.dicom.rejection import KEY_OBJECT_SELECTION
 
 from . import previews
 from .models import Instance
+from ..rows import PreparedInsert
 from .ownership import Sender, StoreRefused, forget_cached_parents, series_id_for
 from .signals import instance_indexed, instance_replacing
 
@@ -92,6 +93,7 @@ def _stored_copy(sop_instance_uid: str) -> Instance | None:
     return None if row is None else Instance.every.select_related("series").get(pk=row[0])
 
 
+_instance_rows = PreparedInsert(Instance)
 _LOOKUP_SQL = (f"SELECT {Instance._meta.pk.column} FROM {Instance._meta.db_table} "
                f"WHERE {Instance._meta.get_field('sop_instance_uid').column} = %s")
 
@@ -126,7 +128,7 @@ def _index(record: InstanceRecord, file_key: str, file_size: int, sender: Sender
         "source_host": sender.host[:255],
     }
     if existing is None:
-        return Instance.objects.create(sop_instance_uid=r.sop_instance_uid, **fields), None, outcome
+        return _instance_rows.create(sop_instance_uid=r.sop_instance_uid, **fields), None, outcome
     old_key = existing.file_key
     for name, value in fields.items():
         setattr(existing, name, value)
