@@ -1,7 +1,9 @@
 import pytest
+from pydicom import dcmread
 
 from sonoloop.dicom import status
-from sonoloop.dicom.instance import InvalidInstance, is_valid_uid, read_instance
+from sonoloop.dicom.attributes import INDEXED
+from sonoloop.dicom.instance import InvalidInstance, _get, is_valid_uid, read_instance
 
 from .helpers import file_bytes
 
@@ -13,6 +15,28 @@ def test_real_files_of_every_kind_are_read_and_indexed(samples, key):
     _, record = read_instance(raw)
     assert is_valid_uid(record.sop_instance_uid)
     assert record.transfer_syntax_uid
+
+
+@pytest.mark.parametrize("key", ["cine_jpeg", "us_rle_palette", "us_native", "seg", "sr"])
+def test_the_record_holds_what_pydicom_reads_by_keyword(samples, key):
+    ds, record = read_instance(samples[key].read_bytes())
+    fresh = dcmread(samples[key])  # every value converted on first access, through pydicom's own get
+    for a in INDEXED:
+        if a.computed or a.field in ("number_of_frames", "transfer_syntax_uid"):
+            continue
+        value = fresh.get(a.keyword)
+        if a.number:
+            expected = None if value in (None, "") else int(value)
+        else:
+            expected = "" if value is None else str(value).strip()[:a.length]
+        assert getattr(record, a.field) == expected, a.keyword
+
+
+def test_an_unknown_keyword_is_a_programming_error_not_a_missing_value(samples):
+    ds, _ = read_instance(samples["us_native"].read_bytes())
+    with pytest.raises(ValueError):
+        _get(ds, "NoSuchKeyword")
+    assert _get(ds, "AcquisitionDeviceProcessingCode") is None  # a real keyword the file lacks
 
 
 def test_cine_record_carries_frames_and_modality(samples):
