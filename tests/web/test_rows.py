@@ -84,3 +84,29 @@ def test_a_stored_image_gets_its_job_and_the_task_the_job_names(config, samples)
     assert job.status == AnalysisJob.QUEUED
     assert task.args_kwargs == {"args": [job.pk], "kwargs": {}}
     assert task.task_path == analyse_instance.module_path and task.queue_name == analyse_instance.queue_name
+
+
+@pytest.mark.django_db
+def test_a_uid_stored_meanwhile_by_another_association_is_a_resend_not_an_error(config, samples, monkeypatch, settings):
+    """The UNIQUE constraint refuses the prepared INSERT (as the ORM's) when another
+    association committed the same new SOP Instance UID after this store looked it up: the
+    store retries once and finds the stored copy; nothing is stored twice or lost."""
+    from sonoloop.web.archive import store
+    from sonoloop.web.archive.models import Instance
+
+    raw = samples["us_native"].read_bytes()
+    first = services.instance_store(raw).instance
+    lookups = []
+    real = store._stored_copy
+
+    def late(uid):  # the first lookup ran before the other association's commit
+        lookups.append(uid)
+        return None if len(lookups) == 1 else real(uid)
+
+    monkeypatch.setattr(store, "_stored_copy", late)
+    again = services.instance_store(raw)
+    assert len(lookups) == 2  # refused by the constraint, then looked up again
+    assert again.kept_existing and not again.created and again.instance.pk == first.pk
+    assert Instance.every.count() == 1 and AnalysisJob.objects.count() == 1
+    assert services.instance_path(first).read_bytes() == raw
+    assert len(list(settings.CONFIG.objects_dir.rglob("*.dcm"))) == 1  # the second copy's file was removed

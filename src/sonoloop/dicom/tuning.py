@@ -62,7 +62,7 @@ IDLE_WAIT_SECONDS = 0.05
 # the GIL for microseconds between the system calls that write, fsync and rename the file, and
 # waited each time for the association's thread to finish parsing the data set. The file's
 # write began ~2.8 ms after the store did, and the reply waited for its fsync (cycle per frame
-# 9.4 → 6.7 ms with this; see the ingest benchmark in the README).
+# 9.4 → 6.7–8.3 ms with this; see the ingest benchmark in the README).
 GIL_SWITCH_INTERVAL_SECONDS = 0.0002
 
 # what the patches rely on in pynetdicom's source (checked before anything is patched)
