@@ -35,6 +35,7 @@ import requests
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pynetdicom import AE, _config, build_context
 
+from sonoloop.dicom.reactor import keep_responses
 from sonoloop.dicom.samples import ECHO_CINE_JPEG, US_NATIVE, US_RLE_PALETTE, sample_path, write_copies
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -102,6 +103,7 @@ class Sender(threading.Thread):
         if not assoc.is_established:
             self.errors.append("association not established")
             return
+        keep_responses(assoc)  # many stores on one association (see sonoloop.dicom.reactor)
         try:
             for path in self.files:
                 started = time.perf_counter()

@@ -20,6 +20,7 @@ from pynetdicom.sop_class import UltrasoundImageStorage, Verification
 
 from sonoloop.dicom.archive import Permissions
 from sonoloop.dicom.node import DicomNode, NodeSettings
+from sonoloop.dicom.reactor import keep_responses
 from tests.conftest import free_port
 
 TUNED = os.environ.get("SONOLOOP_TEST_NODE_TUNING") == "1"
@@ -177,6 +178,7 @@ def test_stores_and_echoes_on_one_association_are_answered_and_stored_as_sent():
     try:
         assoc = _requestor().associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP", max_pdu=16382)
         assert assoc.is_established
+        keep_responses(assoc)  # several messages on one association (see sonoloop.dicom.reactor)
         images = [_image(f"1.2.826.0.1.3680043.8.498.{n}", 50_000 * n) for n in (1, 2)]
         assert assoc.send_c_store(images[0]).Status == 0xB000
         assert assoc.send_c_echo().Status == 0x0000
@@ -206,6 +208,7 @@ def test_an_instance_over_the_limit_aborts_the_association_and_nothing_is_stored
     try:
         assoc = _requestor().associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP", max_pdu=16382)
         assert assoc.is_established
+        keep_responses(assoc)  # several messages on one association (see sonoloop.dicom.reactor)
         assert assoc.send_c_store(_image("1.2.3.1", 10_000)).Status == 0x0000  # under the limit
         response = assoc.send_c_store(_image("1.2.3.2", 5_000_000))
         assert "Status" not in response  # no answer: the node aborted

@@ -14,6 +14,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, Verification
 
+from sonoloop.dicom.reactor import keep_responses
+
 from tests.conftest import free_port, make_server, require_tools, wait_for_port
 
 pytestmark = pytest.mark.e2e
@@ -208,6 +210,7 @@ def _associate(server, contexts, aet="BADSCU"):
     ae = AE(ae_title=aet)
     assoc = ae.associate("127.0.0.1", server.dicom_port, contexts=contexts, ae_title=server.ae_title)
     assert assoc.is_established
+    keep_responses(assoc)  # several messages on one association (see sonoloop.dicom.reactor)
     return assoc
 
 
@@ -458,7 +461,9 @@ def test_a_client_certificate_speaks_only_for_its_own_peer_and_c_move_goes_out_o
             ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 20
             ae.add_requested_context(UltrasoundMultiFrameImageStorage, cine.file_meta.TransferSyntaxUID)
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-            return ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title, tls_args=(context, None))
+            association = ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title, tls_args=(context, None))
+            keep_responses(association)  # a store, then a move (see sonoloop.dicom.reactor)
+            return association
 
         # another device with a certificate from the same CA claims MODALITY1: it gets nothing
         intruder = associate("INTRUDER")

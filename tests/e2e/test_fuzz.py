@@ -18,6 +18,7 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import Verification
 
 from sonoloop.dicom.samples import sample_path
+from sonoloop.dicom.reactor import keep_responses
 from tests.conftest import ADMIN_PASSWORD, make_server
 from tests.dicom.fuzz import SOURCES, corpus
 
@@ -49,6 +50,7 @@ def _send_all(server, cases, tmp_path, monkeypatch) -> list[tuple[str, int | Non
         if assoc is None or not assoc.is_established:
             assoc = ae.associate("127.0.0.1", server.dicom_port, contexts=_contexts(cases), ae_title=server.ae_title)
             assert assoc.is_established, f"the node stopped accepting associations at case {n}"
+            keep_responses(assoc)  # many messages on one association (see sonoloop.dicom.reactor)
         path = tmp_path / "case.dcm"
         path.write_bytes(case.data)
         answer = assoc.send_c_store(path)

@@ -11,6 +11,8 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from .reactor import keep_responses
+
 
 class SendError(Exception):
     """The instance did not arrive; the message says what the peer or the network did."""
@@ -43,6 +45,7 @@ def open_association(ae: AE, peer: Peer, tls_context: ssl.SSLContext | None, tim
         if tls_context:
             reason += " (over TLS: is its certificate valid for that host and signed by the CA Sonoloop trusts?)"
         raise SendError(f"{peer.ae_title} at {peer.host}:{peer.port} {reason}")
+    keep_responses(association)
     return association
 
 

@@ -50,6 +50,7 @@ from pynetdicom import dimse as _dimse_module
 from pynetdicom import dul as _dul_module
 from pynetdicom.dul import DULServiceProvider
 
+from .reactor import keep_responses
 from .storelane import Abort, Pass, Send
 
 log = logging.getLogger("sonoloop.dicom")
@@ -303,6 +304,7 @@ def _patch_dul() -> None:
     def waking_run_reactor(self) -> None:
         self._sonoloop_wakeup = _Wakeup()
         _watch(self.assoc)  # before the association's reactor runs: the DUL thread starts first
+        keep_responses(self.assoc)  # including pynetdicom's own C-MOVE sub-associations
         try:
             run_reactor(self)
         finally:
