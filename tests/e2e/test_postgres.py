@@ -87,6 +87,8 @@ def test_two_workers_on_postgresql_run_every_job_exactly_once(tmp_path, postgres
         for w in workers:
             w.wait(timeout=30)
         assert srv.stop() == 0
+    for name in ("inference-1", "inference-2", "training-only"):  # idle, they waited with the prepared read
+        assert "the worker polls as django-tasks-db ships" not in (tmp_path / f"{name}.log").read_text(errors="replace"), name
 
 
 def _uid(path) -> str:

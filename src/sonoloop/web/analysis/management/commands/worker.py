@@ -15,6 +15,7 @@ from django.db import close_old_connections, connection
 from django_tasks_db.management.commands.db_worker import Command as DbWorkerCommand
 
 from sonoloop.web.jobs import check_lost_workers
+from sonoloop.web.taskwait import TaskWaitError, wait_cheaply
 
 log = logging.getLogger("sonoloop.analysis")
 
@@ -40,6 +41,12 @@ class Command(DbWorkerCommand):
             from sonoloop.web.analysis.running import warm_up
 
             threading.Thread(target=warm_up, name="warm-model", daemon=True).start()
+        if not options.get("batch"):
+            try:  # between claims, one prepared read instead of django-tasks-db's claim (see taskwait)
+                wait_cheaply(options.get("backend_name") or "default", queues, [q for q in excluded if q],
+                             float(options["interval"]))
+            except TaskWaitError as exc:
+                log.warning("%s; the worker polls as django-tasks-db ships", exc)
         stop = threading.Event()
         every = max(2.0, min(30.0, settings.CONFIG.job_stale_seconds / 3))
         watcher = threading.Thread(target=_watch_lost_workers, args=(stop, every), name="lost-workers", daemon=True)
