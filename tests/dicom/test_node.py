@@ -248,3 +248,54 @@ def test_a_pdu_that_declares_gigabytes_costs_only_what_arrives():
     finally:
         node.stop()
     assert [expected[1] for _, expected, _ in archive.stored] == ["1.2.3.9"]
+
+
+class SlowCommitment:
+    """A storage commitment archive whose report on the requester's association takes a while
+    between claiming the request and handing it back (the node's own report is under way)."""
+
+    def __init__(self):
+        self.handed_back = threading.Event()
+
+    def permissions(self, calling_ae, address, certificate_names=()):
+        return Permissions(echo=True, store=True, query=False)
+
+    def commitment_request(self, transaction_uid, references, *, calling_ae, address):
+        return 1
+
+    def commitment_report_here(self, request_id, send):
+        time.sleep(1.0)  # claimed: the outcome being worked out
+        self.handed_back.set()  # recorded as sent or handed back to the queued task
+        return False
+
+    def association_ended(self):
+        pass
+
+
+def test_a_stopping_node_lets_a_commitment_report_under_way_be_handed_back_before_it_exits():
+    """The requester releases at once; the node is stopped while its report on that association
+    is still being worked out. Stopping waits for it to be recorded: a node that exits with the
+    request claimed leaves it unreported for minutes."""
+    from pydicom.uid import generate_uid
+    from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+
+    archive = SlowCommitment()
+    node = DicomNode(archive, NodeSettings("SONOLOOP", "127.0.0.1", free_port(), acse_timeout=30))
+    node.start(block=False)
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        association = ae.associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP")
+        request = Dataset()
+        request.TransactionUID = generate_uid()
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = UltrasoundImageStorage, generate_uid()
+        request.ReferencedSOPSequence = [item]
+        status, _ = association.send_n_action(request, 1, StorageCommitmentPushModel,
+                                              StorageCommitmentPushModelInstance)
+        association.release()
+        assert status.Status == 0x0000 and not archive.handed_back.is_set()
+        node.drain(timeout=10)
+        assert archive.handed_back.is_set()
+    finally:
+        node.stop()

@@ -159,3 +159,84 @@ def test_in_the_nodes_process_every_association_gives_responses_to_the_sender():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == str([0] * 20)
+
+
+def _report_crossing_a_release(guarded: bool) -> dict:
+    """A node-like acceptor sends an N-EVENT-REPORT on the requester's association after its
+    N-ACTION response, and the requester's A-RELEASE-RQ crosses it: the requester releases as
+    soon as it has its answer, and the report reaches it after the release went out (pynetdicom's
+    requester then ignores it). Made to happen every time: the acceptor's sender pauses its
+    reactor, as every send does, and sends once the release request is in."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom import evt
+    from pynetdicom.pdu_primitives import A_RELEASE
+    from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+
+    sent: dict = {}
+    node_paused, done = threading.Event(), threading.Event()
+
+    def report(association):
+        time.sleep(0.2)  # the N-ACTION response is out
+        association._reactor_checkpoint.clear()
+        while not association._is_paused:
+            time.sleep(0.0001)
+        time.sleep(0.05)  # the reactor is waiting on its checkpoint, not just saying so
+        node_paused.set()
+        deadline = time.monotonic() + 5
+        while not isinstance(association.dul.peek_next_pdu(), A_RELEASE) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        info = Dataset()
+        info.TransactionUID = generate_uid()
+        started = time.monotonic()
+        answer, _ = association.send_n_event_report(info, 1, StorageCommitmentPushModel,
+                                                    StorageCommitmentPushModelInstance)
+        sent.update(status=answer.get("Status"), seconds=time.monotonic() - started)
+        done.set()
+
+    def on_action(event):
+        if guarded:
+            keep_responses(event.assoc)
+        threading.Thread(target=report, args=(event.assoc,), daemon=True).start()
+        return 0x0000, None
+
+    node = AE(ae_title="NODE")
+    node.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    node.acse_timeout = node.dimse_timeout = node.network_timeout = 10
+    server = node.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_ACTION, on_action)])
+    modality = AE(ae_title="MODALITY")
+    modality.add_requested_context(StorageCommitmentPushModel)
+    modality.acse_timeout = modality.dimse_timeout = modality.network_timeout = 3
+    try:
+        association = modality.associate("127.0.0.1", server.server_address[1], ae_title="NODE")
+        request = Dataset()
+        request.TransactionUID = generate_uid()
+        status, _ = association.send_n_action(request, 1, StorageCommitmentPushModel,
+                                              StorageCommitmentPushModelInstance)
+        assert status.Status == 0x0000
+        assert node_paused.wait(5)
+        started = time.monotonic()
+        association.release()
+        released_after = time.monotonic() - started
+        done.wait(2)
+        return {"released": association.is_released, "aborted": association.is_aborted,
+                "released_after": released_after, **sent}
+    finally:
+        server.shutdown()
+
+
+def test_pynetdicom_as_shipped_leaves_a_release_unanswered_while_the_node_waits_for_its_report():
+    """The control: the node's reactor, paused by the thread sending the report, never answers
+    the A-RELEASE-RQ; the requester gives up at its ACSE timeout (3 s) and aborts, and only that
+    abort ends the sender's wait."""
+    outcome = _report_crossing_a_release(guarded=False)
+    assert outcome["aborted"] and not outcome["released"], outcome
+    assert outcome["released_after"] >= 2.5, outcome
+    assert outcome["status"] is None and outcome["seconds"] >= 2.5, outcome
+
+
+def test_a_release_crossing_a_report_is_answered_and_ends_the_senders_wait():
+    outcome = _report_crossing_a_release(guarded=True)
+    assert outcome["released"] and not outcome["aborted"], outcome
+    assert outcome["released_after"] < 2.0, outcome
+    assert outcome["status"] is None and outcome["seconds"] < 2.0, outcome  # no answer: the association ended

@@ -77,11 +77,13 @@ class ReportListener:
                                            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)])
         return self
 
-    def wait(self, timeout: float = 90) -> tuple[int, Dataset]:
+    def wait(self, srv, timeout: float = 90) -> tuple[int, Dataset]:
         deadline = time.monotonic() + timeout
         while not self.reports and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert self.reports, "no storage commitment report arrived"
+        if not self.reports:
+            said = "\n".join(line for line in srv.log().splitlines() if "commitment" in line)
+            raise AssertionError(f"no storage commitment report arrived; what Sonoloop said:\n{said[-4000:]}")
         return self.reports[0]
 
     def stop(self) -> None:
@@ -141,6 +143,47 @@ def test_a_bad_request_gets_its_status_and_records_nothing(node):
         assoc.release()
 
 
+def test_a_release_that_crosses_the_report_is_answered_and_the_report_comes_on_a_new_association(node):
+    """The requester releases as soon as it has the N-ACTION response, and the node's report on
+    that association crosses its A-RELEASE-RQ (made certain here: the requester releases from
+    its report handler, before it answers). The node answers the release at once (it used to
+    leave it until the requester aborted at its ACSE timeout) and reports on a new association."""
+    srv, stored = node
+    cine_class, cine_uid = stored["cine_30"]
+    listener = ReportListener("MODALITY3").start()
+    srv.cli("peer", "add", "MODALITY3", "--host", "127.0.0.1", "--port", str(listener.port), "--store")
+    released: dict = {}
+    done = threading.Event()
+
+    def release_first(event):
+        started = time.monotonic()
+        event.assoc.release()
+        released.update(released=event.assoc.is_released, aborted=event.assoc.is_aborted,
+                        seconds=time.monotonic() - started)
+        done.set()
+        return 0x0000, None
+
+    ae = AE(ae_title="MODALITY3")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    ae.acse_timeout = 10
+    assoc = ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title,
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, release_first)])
+    ds = request([(cine_class, cine_uid)])
+    try:
+        status, _ = assoc.send_n_action(ds, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance)
+        assert status.Status == 0x0000
+        assert done.wait(20), "no report came on the requester's association"
+        assert released["released"] and not released["aborted"] and released["seconds"] < 3, released
+        event_type, report = listener.wait(srv)
+    finally:
+        listener.stop()
+        if assoc.is_established:
+            assoc.abort()
+    assert event_type == 1 and report.TransactionUID == ds.TransactionUID
+    assert outcome(report) == ({cine_uid}, set())
+    assert "no answer: it released or aborted the association first" in srv.log()
+
+
 def test_a_released_requester_gets_the_report_on_a_new_association_even_after_a_restart(node):
     """The requester releases at once; Sonoloop is stopped before it reports, started again,
     and the report reaches the requester's registered address; a damaged file is not committed."""
@@ -165,7 +208,7 @@ def test_a_released_requester_gets_the_report_on_a_new_association_even_after_a_
     srv.start()
     listener.start()
     try:
-        event_type, report = listener.wait()
+        event_type, report = listener.wait(srv)
     finally:
         listener.stop()
         damaged.write_bytes(original)

@@ -186,6 +186,7 @@ class DicomNode:
         self._per_host: dict[str, int] = {}
         self._per_host_lock = threading.Lock()
         self._responses: dict[tuple[int, int], threading.Event] = {}  # N-ACTIONs awaiting their response
+        self._reporting: set[threading.Thread] = set()  # storage commitment reports on requesters' associations
 
     def _build_ae(self) -> AE:
         s = self.settings
@@ -249,10 +250,14 @@ class DicomNode:
             self.server = None
 
     def drain(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for open associations to end, then shut down."""
+        """Wait up to ``timeout`` seconds for open associations to end, and for storage commitment
+        reports under way on them to be recorded as sent or handed back to the queued task (a
+        request left claimed by a stopped node waits minutes for the task), then shut down."""
         deadline = time.monotonic() + timeout
         while self.server is not None and self.server.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
+        for thread in list(self._reporting):
+            thread.join(max(0.0, deadline - time.monotonic()))
         self.stop()
 
     # -- handlers ---------------------------------------------------------------------------
@@ -419,8 +424,10 @@ class DicomNode:
             return status.PROCESSING_FAILURE, None
         sent = threading.Event()
         self._responses[(id(event.assoc), request.MessageID)] = sent
-        threading.Thread(target=self._report_here, args=(event.assoc, request.MessageID, request_id, sent),
-                         name="commitment-report", daemon=True).start()
+        reporter = threading.Thread(target=self._report_here, args=(event.assoc, request.MessageID, request_id, sent),
+                                    name="commitment-report", daemon=True)
+        self._reporting.add(reporter)
+        reporter.start()
         return status.SUCCESS, None
 
     def _message_sent(self, event) -> None:
@@ -433,14 +440,16 @@ class DicomNode:
     def _report_here(self, assoc, message_id: int, request_id: int, sent: threading.Event) -> None:
         """After the N-ACTION response: the report on the same association, if it is still open;
         otherwise (or if the requester does not take it there) the queued task sends it."""
-        answered = sent.wait(self.settings.dimse_timeout)
-        self._responses.pop((id(assoc), message_id), None)
-        if not answered or not assoc.is_established:
-            return
         try:
+            answered = sent.wait(self.settings.dimse_timeout)
+            self._responses.pop((id(assoc), message_id), None)
+            if not answered or not assoc.is_established:
+                return
             self.archive.commitment_report_here(request_id, lambda outcome: commitment.send_on(assoc, outcome))
         except Exception:
             log.exception("storage commitment %s: the report on the requester's association failed", request_id)
+        finally:
+            self._reporting.discard(threading.current_thread())
 
     def _query(self, event, models: dict, service: str) -> Query | int:
         calling_ae, address = _peer(event)

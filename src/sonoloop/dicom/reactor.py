@@ -20,11 +20,34 @@ response for the blocking read of the thread that sent the request. When no thre
 a response is one nobody asked for: the reactor takes it and drops it with pynetdicom's
 warning, as before (left on the queue it would keep the reactor awake and be read as the answer
 to the next request). Nothing the reactor serves changes.
+
+It also ends the sender's wait when the peer asks to release the association. A requester may
+release as soon as it has the answer it wanted, and a message the node sends then crosses its
+A-RELEASE-RQ on the wire: storage commitment's report on the requester's association, sent
+right after the N-ACTION response, is the case that happens. pynetdicom's requester ignores
+the message (it only waits for its A-RELEASE-RP), but the sender has paused its own reactor,
+which is what would answer the release: the sender waited out its DIMSE timeout (60 s) for a
+response that could not come, the requester gave up at its ACSE timeout and aborted, and the
+storage commitment request stayed claimed by the node meanwhile (a stop in that window left it
+claimed for minutes). pynetdicom wakes the sender when the peer aborts or the connection
+closes, never when the peer asks to release. So the sender's blocking read looks for a release
+request between waits of :data:`LOOK_SECONDS`; when one has come it lets the reactor run again,
+which answers the release as pynetdicom always does, and returns "no response", which the
+sender already handles as the association having ended.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
+import time
+
+from pynetdicom.pdu_primitives import A_RELEASE
+
+# how often a thread waiting for its response looks whether the peer has asked to release
+LOOK_SECONDS = 0.1
+# how long it then gives the reactor to answer the release before pynetdicom aborts instead
+RELEASE_ANSWER_SECONDS = 5.0
 
 
 def keep_responses(association) -> None:
@@ -36,12 +59,11 @@ def keep_responses(association) -> None:
     if getattr(dimse, "_sonoloop_keeps_responses", False):
         return
     messages: queue.Queue = dimse.msg_queue
-    take = dimse.get_msg
     checkpoint = association._reactor_checkpoint
 
     def get_msg(block: bool = False):
         if block:
-            return take(block=True)
+            return _response(association, messages, checkpoint)
         with messages.not_empty:  # what Queue.get(block=False) does, with a look at the head first
             if not messages._qsize():
                 return None, None
@@ -54,3 +76,32 @@ def keep_responses(association) -> None:
 
     dimse.get_msg = get_msg
     dimse._sonoloop_keeps_responses = True
+
+
+def _release_requested(association) -> bool:
+    """Whether an A-RELEASE-RQ from the peer waits for the reactor (looked at, not taken)."""
+    primitive = association.dul.peek_next_pdu()
+    return isinstance(primitive, A_RELEASE) and primitive.result is None
+
+
+def _response(association, messages: queue.Queue, checkpoint: threading.Event):
+    """The sender's blocking read: the next message, or (None, None) when the DIMSE timeout
+    runs out (as pynetdicom's) or when the peer has asked to release the association."""
+    timeout = association.dimse.dimse_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = LOOK_SECONDS if deadline is None else max(0.0, min(LOOK_SECONDS, deadline - time.monotonic()))
+        try:
+            return messages.get(block=True, timeout=left)
+        except queue.Empty:
+            pass
+        if association.is_established and _release_requested(association):
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            return None, None
+    if threading.current_thread() is not association:  # a reactor sending on its own association cannot
+        checkpoint.set()  # the reactor answers the release and ends the association
+        until = time.monotonic() + RELEASE_ANSWER_SECONDS
+        while association.is_established and time.monotonic() < until:
+            time.sleep(0.005)
+    return None, None

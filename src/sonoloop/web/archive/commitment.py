@@ -103,6 +103,8 @@ def commitment_release(request: CommitmentRequest, error: str) -> None:
     """The report did not get through this way: pending again, for the task."""
     CommitmentRequest.objects.filter(pk=request.pk, status=CommitmentRequest.REPORTING).update(
         status=CommitmentRequest.PENDING, last_error=error)
+    log.info("storage commitment %s: not reported %s; the queued task reports it on a new association",
+             request.transaction_uid, error)
 
 
 def commitment_report_run(request_id: int) -> str:

@@ -67,10 +67,12 @@ class DjangoArchive:
             try:
                 answer = send(outcome)
             except Exception as exc:  # released, aborted, or the requester cannot take it here
-                commitment.commitment_release(request, f"on the requester's association: {exc}")
+                commitment.commitment_release(request, f"on the requester's association ({exc})")
                 return False
             if answer != status.SUCCESS:
-                commitment.commitment_release(request, f"the requester answered {answer} on its association")
+                why = (f"it answered {answer:#06x}" if answer is not None else
+                       "no answer: it released or aborted the association first")
+                commitment.commitment_release(request, f"on the requester's association ({why})")
                 return False
             commitment.commitment_reported(request, outcome, "same association")
             return True
