@@ -62,12 +62,15 @@ for _ in range(7):
 assoc = scu.associate("127.0.0.1", int(port), ae_title="SCP")
 time.sleep(0.3)
 (acceptor,) = server.active_associations
-def cpu():
-    ticks = 0
+def cpu():  # the threads' time on a CPU: to the ns from schedstat where the kernel keeps it
+    total = 0.0
     for tid in (acceptor.native_id, acceptor.dul.native_id):
-        fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        try:
+            total += int(open(f"/proc/self/task/{tid}/schedstat").read().split()[0]) / 1e9
+        except FileNotFoundError:  # in 10 ms ticks
+            fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 used, wall = cpu(), time.perf_counter()
 time.sleep(2)
 idle = (cpu() - used) / (time.perf_counter() - wall)
@@ -81,11 +84,11 @@ print(idle, echo, statistics.median(releases))
 def test_the_node_tuning_makes_an_idle_association_nearly_free_and_wakes_at_once_for_work():
     tuned = [float(v) for v in _run(SCP_THREADS, "tuned").split()]
     plain = [float(v) for v in _run(SCP_THREADS, "plain").split()]
-    # pynetdicom as it ships polls every millisecond in both threads (4-10 % of a core here;
-    # the node's earlier 0.1 ms poll took ~30 %); waiting, they take ~0.5 %. (CPU is read in
-    # 10 ms ticks over 2 s: 0.02 is four ticks.)
+    # pynetdicom as it ships polls every millisecond in both threads (2-10 % of a core on the
+    # machines this ran on; the node's earlier 0.1 ms poll took ~30 %); waiting, they take
+    # ~0.05 %. (CPU is read to the nanosecond from schedstat, over 2 s.)
     assert tuned[0] < 0.03, tuned
-    assert plain[0] > max(2 * tuned[0], 0.02), plain
+    assert plain[0] > max(2 * tuned[0], 0.01), plain
     # woken at once: a message, a release from the peer, a thread pausing the reactor to
     # send, and the end of the DUL thread never wait for the 0.5 s timer
     assert tuned[1] < 0.05, tuned  # ~2-4 ms per C-ECHO here, plain ~3-4 ms

@@ -26,10 +26,9 @@ release as soon as it has the answer it wanted, and a message the node sends the
 A-RELEASE-RQ on the wire: storage commitment's report on the requester's association, sent
 right after the N-ACTION response, is the case that happens. pynetdicom's requester ignores
 the message (it only waits for its A-RELEASE-RP), but the sender has paused its own reactor,
-which is what would answer the release: the sender waited out its DIMSE timeout (60 s) for a
-response that could not come, the requester gave up at its ACSE timeout and aborted, and the
-storage commitment request stayed claimed by the node meanwhile (a stop in that window left it
-claimed for minutes). pynetdicom wakes the sender when the peer aborts or the connection
+which is what would answer the release: the sender waited for a response that could not
+come until the requester gave up at its ACSE timeout (30 s by default) and aborted, and the
+storage commitment request stayed claimed by the node meanwhile. pynetdicom wakes the sender when the peer aborts or the connection
 closes, never when the peer asks to release. So the sender's blocking read looks for a release
 request between waits of :data:`LOOK_SECONDS`; when one has come it lets the reactor run again,
 which answers the release as pynetdicom always does, and returns "no response", which the
