@@ -181,7 +181,7 @@ def _report_crossing_a_release(guarded: bool) -> dict:
         association._reactor_checkpoint.clear()
         while not association._is_paused:
             time.sleep(0.0001)
-        time.sleep(0.05)  # the reactor is waiting on its checkpoint, not just saying so
+        time.sleep(0.2)  # the reactor is waiting on its checkpoint, not just saying so
         node_paused.set()
         deadline = time.monotonic() + 5
         while not isinstance(association.dul.peek_next_pdu(), A_RELEASE) and time.monotonic() < deadline:
