@@ -28,11 +28,13 @@ right after the N-ACTION response, is the case that happens. pynetdicom's reques
 the message (it only waits for its A-RELEASE-RP), but the sender has paused its own reactor,
 which is what would answer the release: the sender waited for a response that could not
 come until the requester gave up at its ACSE timeout (30 s by default) and aborted, and the
-storage commitment request stayed claimed by the node meanwhile. pynetdicom wakes the sender when the peer aborts or the connection
-closes, never when the peer asks to release. So the sender's blocking read looks for a release
-request between waits of :data:`LOOK_SECONDS`; when one has come it lets the reactor run again,
-which answers the release as pynetdicom always does, and returns "no response", which the
-sender already handles as the association having ended.
+storage commitment request stayed claimed by the node meanwhile. pynetdicom wakes the sender
+when the peer aborts or the connection closes, never when the peer asks to release. So the
+sender's blocking read looks for a release request between waits of :data:`LOOK_SECONDS`; when
+one has come it lets the reactor run again, which answers the release as pynetdicom always
+does, and returns "no response", which the sender already handles as the association having
+ended. A reactor that is itself the sender (a C-GET's C-STOREs) cannot answer: it returns "no
+response" at once and pynetdicom aborts, as it did after the DIMSE timeout before.
 """
 
 from __future__ import annotations
