@@ -272,12 +272,25 @@ class SlowCommitment:
         pass
 
 
+def _request_commitment(association):
+    """An N-ACTION asking to commit one (unknown) instance; the status of its response."""
+    from pydicom.uid import generate_uid
+    from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+
+    request = Dataset()
+    request.TransactionUID = generate_uid()
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = UltrasoundImageStorage, generate_uid()
+    request.ReferencedSOPSequence = [item]
+    status, _ = association.send_n_action(request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance)
+    return status
+
+
 def test_a_stopping_node_lets_a_commitment_report_under_way_be_handed_back_before_it_exits():
     """The requester releases at once; the node is stopped while its report on that association
     is still being worked out. Stopping waits for it to be recorded: a node that exits with the
     request claimed leaves it unreported for minutes."""
-    from pydicom.uid import generate_uid
-    from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+    from pynetdicom.sop_class import StorageCommitmentPushModel
 
     archive = SlowCommitment()
     node = DicomNode(archive, NodeSettings("SONOLOOP", "127.0.0.1", free_port(), acse_timeout=30))
@@ -286,16 +299,60 @@ def test_a_stopping_node_lets_a_commitment_report_under_way_be_handed_back_befor
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(StorageCommitmentPushModel)
         association = ae.associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP")
-        request = Dataset()
-        request.TransactionUID = generate_uid()
-        item = Dataset()
-        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = UltrasoundImageStorage, generate_uid()
-        request.ReferencedSOPSequence = [item]
-        status, _ = association.send_n_action(request, 1, StorageCommitmentPushModel,
-                                              StorageCommitmentPushModelInstance)
+        status = _request_commitment(association)
         association.release()
         assert status.Status == 0x0000 and not archive.handed_back.is_set()
         node.drain(timeout=10)
         assert archive.handed_back.is_set()
+    finally:
+        node.stop()
+
+
+class UnansweredCommitment(SlowCommitment):
+    """Sends the report on the requester's association and hands the request back when no
+    answer comes (what the Django archive does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.answers: list = []
+
+    def commitment_report_here(self, request_id, send):
+        from sonoloop.dicom.archive import CommitmentOutcome
+
+        self.answers.append(send(CommitmentOutcome("1.2.3.4", [], [], "SONOLOOP")))
+        self.handed_back.set()
+        return False
+
+
+def test_a_stopping_node_aborts_a_requester_that_holds_its_report_unanswered_and_hands_the_request_back():
+    """The requester keeps the association open and does not answer the N-EVENT-REPORT. The
+    report's sender would wait its DIMSE timeout (60 s), longer than the drain: the node aborts
+    what is still open when the drain's time is up, which ends that wait, and the request is
+    handed back before the node exits."""
+    from pynetdicom import evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    archive = UnansweredCommitment()
+    node = DicomNode(archive, NodeSettings("SONOLOOP", "127.0.0.1", free_port(), acse_timeout=30))
+    node.start(block=False)
+    reported = threading.Event()
+
+    def on_report(event):  # takes the report and answers only after the node has stopped
+        reported.set()
+        time.sleep(8)
+        return 0x0000, None
+
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        association = ae.associate("127.0.0.1", node.settings.port, ae_title="SONOLOOP",
+                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+        status = _request_commitment(association)
+        assert status.Status == 0x0000 and reported.wait(5)
+        started = time.monotonic()
+        node.drain(timeout=1)
+        assert archive.handed_back.is_set() and archive.answers == [None]
+        assert time.monotonic() - started < 4
+        assert association.is_aborted
     finally:
         node.stop()

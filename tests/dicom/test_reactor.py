@@ -161,12 +161,17 @@ def test_in_the_nodes_process_every_association_gives_responses_to_the_sender():
     assert out.stdout.strip().splitlines()[-1] == str([0] * 20)
 
 
-def _report_crossing_a_release(guarded: bool) -> dict:
+def _report_and_release(guarded: bool, reactor_first: bool = False) -> dict:
     """A node-like acceptor sends an N-EVENT-REPORT on the requester's association after its
-    N-ACTION response, and the requester's A-RELEASE-RQ crosses it: the requester releases as
-    soon as it has its answer, and the report reaches it after the release went out (pynetdicom's
-    requester then ignores it). Made to happen every time: the acceptor's sender pauses its
-    reactor, as every send does, and sends once the release request is in."""
+    N-ACTION response, and the requester, which releases as soon as it has its answer, has its
+    A-RELEASE-RQ cross it. Made to happen every time: the acceptor's sender pauses its reactor,
+    as every send does, and sends once the release request is in.
+
+    Two orders: the report goes out while the release request waits for the paused reactor
+    (pynetdicom's requester then ignores the report), or, with ``reactor_first``, the reactor
+    (woken just before the sender paused it: the race this module is about) answers the
+    release in the moment between the sender's check that the association is open and its
+    report going out, so the association has ended before the sender waits."""
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
     from pynetdicom import evt
@@ -175,6 +180,7 @@ def _report_crossing_a_release(guarded: bool) -> dict:
 
     sent: dict = {}
     node_paused, done = threading.Event(), threading.Event()
+    raised: list[str] = []  # exceptions that ended a thread (pynetdicom's DUL)
 
     def report(association):
         time.sleep(0.2)  # the N-ACTION response is out
@@ -186,6 +192,18 @@ def _report_crossing_a_release(guarded: bool) -> dict:
         deadline = time.monotonic() + 5
         while not isinstance(association.dul.peek_next_pdu(), A_RELEASE) and time.monotonic() < deadline:
             time.sleep(0.001)
+        if reactor_first:
+            send_msg = association.dimse.send_msg
+
+            def after_the_reactor_answered(primitive, context_id):
+                association._reactor_checkpoint.set()  # the reactor runs on: it was past its pause
+                until = time.monotonic() + 5
+                while association.is_established and time.monotonic() < until:
+                    time.sleep(0.001)
+                sent["established_when_sent"] = association.is_established
+                send_msg(primitive, context_id)
+
+            association.dimse.send_msg = after_the_reactor_answered
         info = Dataset()
         info.TransactionUID = generate_uid()
         started = time.monotonic()
@@ -202,11 +220,14 @@ def _report_crossing_a_release(guarded: bool) -> dict:
 
     node = AE(ae_title="NODE")
     node.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
-    node.acse_timeout = node.dimse_timeout = node.network_timeout = 10
+    node.acse_timeout = node.network_timeout = 10
+    node.dimse_timeout = 4 if reactor_first else 10
     server = node.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_ACTION, on_action)])
     modality = AE(ae_title="MODALITY")
     modality.add_requested_context(StorageCommitmentPushModel)
     modality.acse_timeout = modality.dimse_timeout = modality.network_timeout = 3
+    hook = threading.excepthook
+    threading.excepthook = lambda args: raised.append(f"{args.exc_type.__name__}: {args.exc_value}")
     try:
         association = modality.associate("127.0.0.1", server.server_address[1], ae_title="NODE")
         request = Dataset()
@@ -218,25 +239,47 @@ def _report_crossing_a_release(guarded: bool) -> dict:
         started = time.monotonic()
         association.release()
         released_after = time.monotonic() - started
-        done.wait(2)
+        done.wait(6)
+        time.sleep(0.3)  # the node's DUL has had the report, if it was given it
         return {"released": association.is_released, "aborted": association.is_aborted,
-                "released_after": released_after, **sent}
+                "released_after": released_after, "raised": raised, **sent}
     finally:
         server.shutdown()
+        threading.excepthook = hook
 
 
 def test_pynetdicom_as_shipped_leaves_a_release_unanswered_while_the_node_waits_for_its_report():
     """The control: the node's reactor, paused by the thread sending the report, never answers
     the A-RELEASE-RQ; the requester gives up at its ACSE timeout (3 s) and aborts, and only that
     abort ends the sender's wait."""
-    outcome = _report_crossing_a_release(guarded=False)
+    outcome = _report_and_release(guarded=False)
     assert outcome["aborted"] and not outcome["released"], outcome
     assert outcome["released_after"] >= 2.5, outcome
     assert outcome["status"] is None and outcome["seconds"] >= 2.5, outcome
 
 
 def test_a_release_crossing_a_report_is_answered_and_ends_the_senders_wait():
-    outcome = _report_crossing_a_release(guarded=True)
+    outcome = _report_and_release(guarded=True)
     assert outcome["released"] and not outcome["aborted"], outcome
     assert outcome["released_after"] < 2.0, outcome
     assert outcome["status"] is None and outcome["seconds"] < 2.0, outcome  # no answer: the association ended
+
+
+def test_pynetdicom_as_shipped_waits_its_whole_dimse_timeout_on_an_association_released_under_it():
+    """The control: the release is answered at once, but the report's sender, whose association
+    ended before it waited, is woken by nothing and waits out its DIMSE timeout (4 s here; 60 s
+    in the node, longer than a stopping node gives it). Its report, handed to a DUL already
+    waiting for the connection to close, sometimes also ends the DUL's thread with
+    InvalidEventError ('Evt9' in 'Sta13'), depending on which the DUL takes first."""
+    outcome = _report_and_release(guarded=False, reactor_first=True)
+    assert outcome["released"] and not outcome["aborted"], outcome
+    assert outcome["established_when_sent"] is False, outcome
+    assert outcome["status"] is None and outcome["seconds"] >= 3.5, outcome
+
+
+def test_a_sender_whose_association_was_released_under_it_stops_waiting_at_once():
+    outcome = _report_and_release(guarded=True, reactor_first=True)
+    assert outcome["released"] and not outcome["aborted"], outcome
+    assert outcome["established_when_sent"] is False, outcome
+    assert outcome["status"] is None and outcome["seconds"] < 1.0, outcome
+    assert outcome["raised"] == [], outcome  # the report was not handed to the ended association's DUL

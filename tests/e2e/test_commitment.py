@@ -82,8 +82,11 @@ class ReportListener:
         while not self.reports and time.monotonic() < deadline:
             time.sleep(0.2)
         if not self.reports:
-            said = "\n".join(line for line in srv.log().splitlines() if "commitment" in line)
-            raise AssertionError(f"no storage commitment report arrived; what Sonoloop said:\n{said[-4000:]}")
+            lines = [line for line in srv.log().splitlines() if "commitment" in line or "DICOM node" in line]
+            runs = sum("commitment_report state=RUNNING" in line for line in lines)
+            said = "\n".join(line for line in lines if "django_tasks" not in line)
+            raise AssertionError(f"no storage commitment report arrived; the report task ran {runs} times; "
+                                 f"what else Sonoloop said:\n{said[-6000:]}")
         return self.reports[0]
 
     def stop(self) -> None:

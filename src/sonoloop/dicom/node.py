@@ -37,6 +37,7 @@ from .archive import Archive, Located, Permissions
 from .filestore import StorageFull
 from .instance import InvalidInstance
 from .query import Query, QueryError, build_response, check_retrieve_keys, parse_identifier
+from .reactor import keep_responses
 from .storelane import StoreLane
 
 log = logging.getLogger("sonoloop.dicom")
@@ -166,6 +167,8 @@ def _received(event) -> bytes:
 
 # bytes of one DIMSE message beyond the instance limit: its command set and PDU headers
 _MESSAGE_HEADROOM = 1024 * 1024
+# how long a stopping node waits, after aborting what is still open, for reports to be handed back
+HAND_BACK_SECONDS = 5.0
 
 
 def _peer(event) -> tuple[str, str]:
@@ -252,17 +255,30 @@ class DicomNode:
     def drain(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for open associations to end, and for storage commitment
         reports under way on them to be recorded as sent or handed back to the queued task (a
-        request left claimed by a stopped node waits minutes for the task), then shut down."""
+        request left claimed by a stopped node waits minutes for the task), then abort what is
+        still open (which ends a report's wait for its answer, so it is handed back too) and
+        shut down."""
         deadline = time.monotonic() + timeout
         while self.server is not None and self.server.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
         for thread in list(self._reporting):
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self.server is not None:
+            for association in self.server.active_associations:
+                log.warning("association from %s still open after %.0f s of draining: aborted",
+                            association.requestor.ae_title, timeout)
+                association.abort()
+        for thread in list(self._reporting):
+            thread.join(HAND_BACK_SECONDS)
+        if self._reporting:
+            log.warning("%d storage commitment reports were still under way at the stop: their requests stay "
+                        "claimed for minutes before the queued task reports them", len(self._reporting))
         self.stop()
 
     # -- handlers ---------------------------------------------------------------------------
 
     def _established(self, event) -> None:
+        keep_responses(event.assoc)  # before its reactor runs; dicom.tuning also does it, when it applies
         calling_ae, address = _peer(event)
         with self._per_host_lock:
             open_here = self._per_host.get(address, 0) + 1

@@ -35,6 +35,17 @@ one has come it lets the reactor run again, which answers the release as pynetdi
 does, and returns "no response", which the sender already handles as the association having
 ended. A reactor that is itself the sender (a C-GET's C-STOREs) cannot answer: it returns "no
 response" at once and pynetdicom aborts, as it did after the DIMSE timeout before.
+
+The same crossing has a second order: the reactor, woken just before the sender paused it (the
+race above), answers the release in the moment between the sender's check that the association
+is open and its message going out. The association has then ended before the sender waits, and
+nothing wakes it: after a release nothing is put on the queue (only an abort or a closed
+connection puts "no response" there). The sender waited out its whole DIMSE timeout (60 s in
+the node, longer than a stopping node's 20 s drain, so a restart found the commitment request
+still claimed: session 29's CI failure), and its message, handed to a DUL already waiting for
+the connection to close (Sta13), raised InvalidEventError in the DUL's thread and ended it. A
+message for an association that has ended is not sent, and the blocking read returns "no
+response" as soon as the association is no longer established and nothing is on the queue.
 """
 
 from __future__ import annotations
@@ -54,8 +65,9 @@ RELEASE_ANSWER_SECONDS = 5.0
 def keep_responses(association) -> None:
     """Make ``association``'s reactor leave responses on the queue for the sender (idempotent).
     Call it before the association sends anything: Sonoloop's own associations
-    (``dicom.send.open_association``) and, in the node's process, every association
-    (``dicom.tuning``), including the ones pynetdicom opens for C-MOVE sub-operations."""
+    (``dicom.send.open_association``), every association the node accepts (``DicomNode``, when
+    it is established) and, in the node's process, every association (``dicom.tuning``),
+    including the ones pynetdicom opens for C-MOVE sub-operations."""
     dimse = association.dimse
     if getattr(dimse, "_sonoloop_keeps_responses", False):
         return
@@ -75,7 +87,15 @@ def keep_responses(association) -> None:
             messages.not_full.notify()
             return item
 
+    send_msg = dimse.send_msg
+
+    def send_while_established(primitive, context_id: int) -> None:
+        if not association.is_established:  # ended under the sender: its DUL would raise in Sta13
+            return  # and the blocking read that follows says "no response"
+        send_msg(primitive, context_id)
+
     dimse.get_msg = get_msg
+    dimse.send_msg = send_while_established
     dimse._sonoloop_keeps_responses = True
 
 
@@ -87,7 +107,8 @@ def _release_requested(association) -> bool:
 
 def _response(association, messages: queue.Queue, checkpoint: threading.Event):
     """The sender's blocking read: the next message, or (None, None) when the DIMSE timeout
-    runs out (as pynetdicom's) or when the peer has asked to release the association."""
+    runs out (as pynetdicom's), when the peer has asked to release the association, or when
+    the association has already ended."""
     timeout = association.dimse.dimse_timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -96,7 +117,9 @@ def _response(association, messages: queue.Queue, checkpoint: threading.Event):
             return messages.get(block=True, timeout=left)
         except queue.Empty:
             pass
-        if association.is_established and _release_requested(association):
+        if not association.is_established:  # the reactor answered a release first: nothing will come
+            return None, None
+        if _release_requested(association):
             break
         if deadline is not None and time.monotonic() >= deadline:
             return None, None
