@@ -283,3 +283,81 @@ def test_a_sender_whose_association_was_released_under_it_stops_waiting_at_once(
     assert outcome["established_when_sent"] is False, outcome
     assert outcome["status"] is None and outcome["seconds"] < 1.0, outcome
     assert outcome["raised"] == [], outcome  # the report was not handed to the ended association's DUL
+
+
+def _release_requested_during_a_c_get(guarded: bool) -> dict:
+    """A requester asks to release in the middle of a C-GET (PS3.7 lets it release only with no
+    operation outstanding): it sends an A-RELEASE-RQ from its handler of the first C-STORE
+    sub-operation. The acceptor's reactor is itself the sender of the C-STOREs, so nothing can
+    answer the release while it waits for the next C-STORE response, which does not come
+    (pynetdicom's requester cannot send it once it has asked to release: 'Evt9' in 'Sta7')."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pynetdicom import build_role, evt
+    from pynetdicom.pdu_primitives import A_RELEASE
+    from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelGet, UltrasoundImageStorage
+
+    def instance() -> Dataset:
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID = UltrasoundImageStorage, generate_uid(), "P"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        return ds
+
+    def on_get(event):
+        yield 3
+        for _ in range(3):
+            yield 0xFF00, instance()
+
+    stores: list[float] = []
+    node_aborted: list[float] = []
+    raised: list[str] = []
+
+    def on_store(event):
+        stores.append(time.monotonic())
+        if len(stores) == 1:
+            event.assoc.dul.send_pdu(A_RELEASE())
+        return 0x0000
+
+    handlers = [(evt.EVT_C_GET, on_get), (evt.EVT_ABORTED, lambda event: node_aborted.append(time.monotonic()))]
+    if guarded:
+        handlers.append((evt.EVT_ESTABLISHED, lambda event: keep_responses(event.assoc)))
+    node = AE(ae_title="NODE")
+    node.add_supported_context(PatientRootQueryRetrieveInformationModelGet)
+    node.add_supported_context(UltrasoundImageStorage, ExplicitVRLittleEndian, scu_role=True, scp_role=True)
+    node.acse_timeout = node.network_timeout = 10
+    node.dimse_timeout = 3
+    server = node.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    requester = AE(ae_title="SCU")
+    requester.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
+    requester.add_requested_context(UltrasoundImageStorage, ExplicitVRLittleEndian)
+    requester.acse_timeout = requester.dimse_timeout = requester.network_timeout = 4
+    hook = threading.excepthook
+    threading.excepthook = lambda args: raised.append(f"{args.exc_type.__name__}: {args.exc_value}")
+    try:
+        association = requester.associate("127.0.0.1", server.server_address[1], ae_title="NODE",
+                                          ext_neg=[build_role(UltrasoundImageStorage, scp_role=True)],
+                                          evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        query = Dataset()
+        query.QueryRetrieveLevel, query.PatientID = "PATIENT", "P"
+        list(association.send_c_get(query, PatientRootQueryRetrieveInformationModelGet))
+        time.sleep(0.3)
+        return {"stores": len(stores), "raised": raised,
+                "node_aborted_after": [round(at - stores[0], 2) for at in node_aborted] if stores else None}
+    finally:
+        server.shutdown()
+        threading.excepthook = hook
+
+
+def test_pynetdicom_as_shipped_holds_a_c_get_whose_requester_asked_to_release_for_its_dimse_timeout():
+    outcome = _release_requested_during_a_c_get(guarded=False)
+    assert outcome["stores"] == 1 and len(outcome["node_aborted_after"]) == 1, outcome
+    assert outcome["node_aborted_after"][0] >= 2.5, outcome  # the node's DIMSE timeout (3 s)
+
+
+def test_a_c_get_whose_requester_asked_to_release_is_aborted_at_once():
+    """The reactor, itself the sender, cannot answer the release: it stops waiting for a response
+    that cannot come and pynetdicom aborts, as it did at the DIMSE timeout before."""
+    outcome = _release_requested_during_a_c_get(guarded=True)
+    assert outcome["stores"] == 1 and len(outcome["node_aborted_after"]) == 1, outcome
+    assert outcome["node_aborted_after"][0] < 1.0, outcome
