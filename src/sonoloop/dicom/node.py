@@ -168,7 +168,7 @@ def _received(event) -> bytes:
 # bytes of one DIMSE message beyond the instance limit: its command set and PDU headers
 _MESSAGE_HEADROOM = 1024 * 1024
 # how long a stopping node waits, after aborting what is still open, for reports to be handed back
-HAND_BACK_SECONDS = 5.0
+HAND_BACK_SECONDS = 3.0  # within the supervisor's 25 s grace, after the 20 s drain
 
 
 def _peer(event) -> tuple[str, str]:
