@@ -352,7 +352,7 @@ def test_a_stopping_node_aborts_a_requester_that_holds_its_report_unanswered_and
         started = time.monotonic()
         node.drain(timeout=1)
         assert archive.handed_back.is_set() and archive.answers == [None]
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started < 10  # not the 60 s DIMSE timeout
         assert association.is_aborted
     finally:
         node.stop()
