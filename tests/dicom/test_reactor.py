@@ -201,6 +201,13 @@ def _report_and_release(guarded: bool, reactor_first: bool = False) -> dict:
                 while association.is_established and time.monotonic() < until:
                     time.sleep(0.001)
                 sent["established_when_sent"] = association.is_established
+                dul_send, sent["handed_to_dul"] = association.dul.send_pdu, 0
+
+                def counted(pdu):  # what reaches the DUL of the association that has ended
+                    sent["handed_to_dul"] += 1
+                    dul_send(pdu)
+
+                association.dul.send_pdu = counted
                 send_msg(primitive, context_id)
 
             association.dimse.send_msg = after_the_reactor_answered
@@ -275,6 +282,7 @@ def test_pynetdicom_as_shipped_waits_its_whole_dimse_timeout_on_an_association_r
     assert outcome["released"] and not outcome["aborted"], outcome
     assert outcome["established_when_sent"] is False, outcome
     assert outcome["status"] is None and outcome["seconds"] >= 3.5, outcome
+    assert outcome["handed_to_dul"] >= 1, outcome  # the report still went to the ended association's DUL
 
 
 def test_a_sender_whose_association_was_released_under_it_stops_waiting_at_once():
@@ -282,7 +290,7 @@ def test_a_sender_whose_association_was_released_under_it_stops_waiting_at_once(
     assert outcome["released"] and not outcome["aborted"], outcome
     assert outcome["established_when_sent"] is False, outcome
     assert outcome["status"] is None and outcome["seconds"] < 1.0, outcome
-    assert outcome["raised"] == [], outcome  # the report was not handed to the ended association's DUL
+    assert outcome["handed_to_dul"] == 0 and outcome["raised"] == [], outcome  # not given to the ended DUL
 
 
 def _release_requested_during_a_c_get(guarded: bool) -> dict:
