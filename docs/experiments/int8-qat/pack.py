@@ -39,5 +39,12 @@ def main(camus: str, target: str) -> None:
     np.savez_compressed(target, **packed)
 
 
+def usage_or_exit(argv: list[str], needed: int) -> None:
+    """Exit with the docstring (its usage) when arguments are missing."""
+    if len(argv) < needed + 1:
+        sys.exit(__doc__)
+
+
 if __name__ == "__main__":
+    usage_or_exit(sys.argv, 2)
     main(*sys.argv[1:3])

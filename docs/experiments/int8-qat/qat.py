@@ -175,6 +175,7 @@ def run(mode, data, v3path, epochs, lr, out, log):
     save_file({k: state[k] for k in keys[half:]}, f"{out}/{mode}{lr:g}_b.safetensors")
 
 if __name__ == "__main__":
+    if len(sys.argv) < 5: sys.exit(__doc__)
     out = os.environ.get("OUT", "/tmp/q8/out"); os.makedirs(out, exist_ok=True)
     data = dict(np.load(sys.argv[1]))
     epochs = int(sys.argv[2]); lr = float(sys.argv[3]); modes = sys.argv[4].split(",")

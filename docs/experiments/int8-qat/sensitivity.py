@@ -101,5 +101,12 @@ def main(camus: str, target: str | None = None) -> None:
         Path(target).write_text(json.dumps(per_layer, indent=1) + "\n")
 
 
+def usage_or_exit(argv: list[str], needed: int) -> None:
+    """Exit with the docstring (its usage) when arguments are missing."""
+    if len(argv) < needed + 1:
+        sys.exit(__doc__)
+
+
 if __name__ == "__main__":
+    usage_or_exit(sys.argv, 1)
     main(*sys.argv[1:3])

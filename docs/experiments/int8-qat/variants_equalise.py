@@ -2,6 +2,8 @@
     .venv/bin/python docs/experiments/int8-qat/variants_equalise.py ALPHA OUTPUTS(0|1) Conv
 ALPHA: 1 equalises the activations' channel ranges fully, 0.5 splits with the weights;
 OUTPUTS=1 also equalises the convolutions' output channels before instance norm."""
+import sys
+if len(sys.argv) < 4: sys.exit(__doc__)
 import copy, io, sys, time, statistics, warnings
 from pathlib import Path
 import numpy as np, torch

@@ -1,7 +1,9 @@
 """Post-training variants in ONNX Runtime, beside its fp32 in the same process (session 31):
-    .venv/bin/python docs/experiments/int8-qat/variants_ort.py dyn|dynpc|stnoout|stpct99.99|stent
+    .venv/bin/python docs/experiments/int8-qat/variants_ort.py dyn|dynpc|stnoout|stpct99.99|stpct99.9|stent
 prints time per frame and label Dice vs fp32 (LV, MYO, LA) on every third cine frame.
 Writes its ONNX files to /tmp/q8/w (pre.onnx is the fp32 graph variants_equalise.py compares with)."""
+import sys
+if len(sys.argv) < 2 or sys.argv[1] not in ("dyn", "dynpc", "stnoout", "stpct99.99", "stpct99.9", "stent"): sys.exit(__doc__)
 import io, sys, time, statistics, warnings
 from pathlib import Path
 import numpy as np, torch
