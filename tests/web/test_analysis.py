@@ -249,6 +249,65 @@ def test_a_measurement_that_breaks_keeps_the_segmentation_and_says_so(config, sm
     assert result.measurements["ef"] is None
 
 
+def test_the_seg_is_stored_before_the_measurements_and_the_sr_are_made(config, small_model, samples, monkeypatch):
+    """Viewers and QIDO-RS find the segmentation while the numbers are still being made."""
+    from sonoloop.echo import analyse
+
+    seen = []
+    original = analyse.measure
+
+    def measure(*args, **kwargs):
+        seen.append(sorted(Instance.every.values_list("series__modality", flat=True)))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(analyse, "measure", measure)
+    instance = store(samples["cine_30"])
+    job = AnalysisJob.objects.get(instance=instance)
+    assert services.job_run(job.pk) == AnalysisJob.DONE
+    assert seen == [["SEG", "US"]]  # the SEG already indexed, the SR not yet
+    result = AnalysisResult.objects.get(job=job)
+    assert {i.series.modality: i.sop_instance_uid for i in Instance.every.exclude(pk=instance.pk)} == {
+        "SEG": result.seg_sop_instance_uid, "SR": result.sr_sop_instance_uid}
+
+
+def _delete_the_image_then(original, instance_pk):
+    from sonoloop.web.archive.removal import remove_instances
+    from sonoloop.web.audit.services import Actor
+
+    def deleting(*args, **kwargs):
+        remove_instances(Instance.objects.filter(pk=instance_pk), actor=Actor("someone", "", "cli"))
+        return original(*args, **kwargs)
+
+    return deleting
+
+
+@pytest.mark.parametrize("when", ["before its SEG is stored", "after its SEG is stored"])
+def test_an_image_deleted_while_it_is_analysed_gets_no_seg_or_sr(config, small_model, samples, monkeypatch, caplog,
+                                                                 when):
+    """Its SEG would bring the deleted patient back: the job ends (its row went with the image),
+    and a SEG stored before the deletion (which no result row names yet) is removed by the
+    worker, with a row in the access trail."""
+    from sonoloop.dicom import seg
+    from sonoloop.echo import analyse
+    from sonoloop.web.archive.models import Patient
+    from sonoloop.web.audit.models import AuditEvent
+
+    instance = store(samples["cine_30"])
+    job = AnalysisJob.objects.get(instance=instance)
+    module, name = (seg, "build_segmentation") if when.startswith("before") else (analyse, "measure")
+    monkeypatch.setattr(module, name, _delete_the_image_then(getattr(module, name), instance.pk))
+    assert services.job_run(job.pk) == "missing"
+    assert not AnalysisJob.objects.exists()  # deleted with its image
+    assert "the image was deleted or rejected while it was analysed; nothing is stored" in caplog.text
+    assert not Instance.every.exists() and not Patient.objects.exists() and not AnalysisResult.objects.exists()
+    by_worker = AuditEvent.objects.filter(source="worker", action="D")
+    if when.startswith("after"):
+        (event,) = by_worker
+        assert event.instances == 1 and "deleted while it was analysed" in event.detail
+    else:
+        assert not by_worker.exists()
+
+
 def test_a_model_that_cannot_be_loaded_fails_the_job_with_the_reason(config, samples, tmp_path):
     config(model=str(tmp_path / "no-such-model"))
     running._model = None

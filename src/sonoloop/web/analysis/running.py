@@ -102,7 +102,8 @@ def job_run(job_id: int) -> str:
         except Exception as exc:  # anything else is a bug or an environment problem: keep the job, say what
             log.exception("job %s failed", job.pk)
             _fail(job, f"unexpected error ({type(exc).__name__}: {exc}); see the worker log")
-    return AnalysisJob.objects.get(pk=job.pk).status
+    ended = AnalysisJob.objects.filter(pk=job.pk).first()
+    return ended.status if ended else "missing"  # deleted with its image meanwhile
 
 
 def _fail(job: AnalysisJob, reason: str) -> None:
@@ -114,7 +115,7 @@ def _fail(job: AnalysisJob, reason: str) -> None:
 def _analyse(job: AnalysisJob) -> None:
     from sonoloop.echo.analyse import DicomOutputs, analyse_loop
     from sonoloop.ml.preprocess import FrameError
-    from sonoloop.web.archive.services import own_device
+    from sonoloop.web.archive.services import dataset_store, own_device
 
     model = _model_for(job)
     frames, header, bits = _frames_of(job)
@@ -123,15 +124,45 @@ def _analyse(job: AnalysisJob) -> None:
                            seg_series_number=900 + version, sr_series_number=950 + version,
                            description=f"AI segmentation v{version} ({model.name})", device_uid=_device_uid(),
                            uid_seed=f"{_device_uid()} analysis job {job.pk}")
+
+    def store_segmentation(dataset) -> None:  # stored before the measurements and SR are made
+        _require_image(job)
+        dataset_store(dataset)
+
     try:
         analysis = analyse_loop(frames, header, bits, model.segmenter, outputs=outputs,
-                                on_progress=_progress_writer(job))
+                                on_progress=_progress_writer(job), on_segmentation=store_segmentation)
     except FrameError as exc:
         raise AnalysisError(f"a frame cannot be segmented: {exc}") from None
     del frames
-    if not Instance.objects.filter(pk=job.instance_id).exists():  # its SEG would bring the patient back
-        raise AnalysisError("the image was deleted or rejected while it was analysed; nothing is stored")
+    try:
+        _require_image(job)
+    except AnalysisError:
+        _remove_stored_segmentation(analysis)
+        raise
     _record(job, model, analysis, *_store_outputs(analysis))
+
+
+def _require_image(job: AnalysisJob) -> None:
+    """Refuses to go on with the results of an image deleted (or rejected) meanwhile: its SEG
+    and SR would bring the patient back."""
+    if not Instance.objects.filter(pk=job.instance_id).exists():
+        raise AnalysisError("the image was deleted or rejected while it was analysed; nothing is stored")
+
+
+def _remove_stored_segmentation(analysis) -> None:
+    """The SEG stored for an image that was deleted while its measurements were made: the
+    deletion could not know it (no result row names it yet), so it goes here, with its series,
+    study and patient if nothing else is left in them, and a row in the access trail."""
+    from sonoloop.web.archive.removal import remove_instances
+    from sonoloop.web.audit.services import Actor
+
+    if analysis.segmentation is None:
+        return
+    stored = Instance.every.filter(sop_instance_uid=analysis.segmentation.SOPInstanceUID)
+    if stored.exists():
+        remove_instances(stored, actor=Actor("analysis worker", source="worker"),
+                         reason="its image was deleted while it was analysed")
 
 
 def _model_for(job: AnalysisJob) -> ActiveModel:
@@ -179,7 +210,8 @@ def _next_version(instance) -> int:
 
 
 def _store_outputs(analysis) -> tuple[str, str, str]:
-    """The label maps in the results store, the SEG and SR in the archive: (labels key, SEG UID, SR UID)."""
+    """The label maps in the results store and the SR in the archive (the SEG is stored
+    already): (labels key, SEG UID, SR UID)."""
     from sonoloop.web.archive.services import dataset_store
 
     def put_labels() -> str:
@@ -187,14 +219,13 @@ def _store_outputs(analysis) -> tuple[str, str, str]:
         np.savez_compressed(buffer, labels=analysis.labels)
         return results_store().put(buffer.getvalue())
 
-    # compressing the label maps (zlib lets go of the GIL) runs beside writing the SEG and SR
+    # compressing the label maps (zlib lets go of the GIL) runs beside writing the SR
     with ThreadPoolExecutor(1, thread_name_prefix="sonoloop-labels") as pool:
         labels_key = pool.submit(put_labels)
-        uids = []
-        for dataset in (analysis.segmentation, analysis.report):
-            if dataset is not None:
-                dataset_store(dataset)
-            uids.append(dataset.SOPInstanceUID if dataset is not None else "")
+        if analysis.report is not None:
+            dataset_store(analysis.report)
+        uids = [dataset.SOPInstanceUID if dataset is not None else "" for dataset in (analysis.segmentation,
+                                                                                       analysis.report)]
         return labels_key.result(), uids[0], uids[1]
 
 

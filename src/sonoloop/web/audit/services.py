@@ -40,7 +40,7 @@ class Actor:
 
     who: str
     address: str = ""
-    source: str = "web"  # web, dicom or cli
+    source: str = "web"  # web, dicom, cli or worker (the analysis worker)
     user_id: int | None = None
 
 
