@@ -10,6 +10,11 @@ names, checked equal to it to 0.0 on random input), numpy and safetensors.
   int8 against its own fp32.
 - kd: QAT distilled from the shipped model's fp32 logits (+ 0.1 × the task loss); judged
   int8 against the shipped model's fp32.
+- agree (session 33): the fp32 path learns the shipped model's hard labels and the int8 path its
+  own fp32 labels, so that a new model version whose int8 agrees with its own fp32 could be
+  shipped if its validation Dice holds; judged int8 against its own fp32.
+- margin (session 33): as agree, int8's agreement weighted 5x, plus a hinge widening the fp32
+  top-two logit margin to 2.
 Every --epochs/6 epochs it prints label Dice on the cine (int8 vs own fp32, int8 vs shipped
 fp32) and CAMUS validation Dice against the experts, fp32 and int8; log.jsonl is that output."""
 import json, os, sys, time
@@ -162,6 +167,26 @@ def run(mode, data, v3path, epochs, lr, out, log):
                 logits = student(x)
             if mode == "task":
                 loss = dice_loss_ce(logits, y)
+            elif mode == "agree":
+                # The network itself made less hesitant (report §3): its fp32 path learns the
+                # shipped model's hard labels (cross-entropy keeps widening the margins), and its
+                # int8 path (the forward above) learns its own fp32 path's labels.
+                fq.enabled = False
+                own = student(x)
+                fq.enabled = True
+                with torch.no_grad(): hard = teacher(x).argmax(1)
+                loss = F.cross_entropy(own, hard) + F.cross_entropy(logits, own.detach().argmax(1)) \
+                    + 0.1 * dice_loss_ce(own, y)
+            elif mode == "margin":
+                # As agree, with int8's agreement weighted 5x and a hinge that widens the fp32
+                # path's top-two logit margin to at least 2 wherever it is narrower.
+                fq.enabled = False
+                own = student(x)
+                fq.enabled = True
+                with torch.no_grad(): hard = teacher(x).argmax(1)
+                top2 = own.topk(2, 1).values
+                loss = F.cross_entropy(own, hard) + 5 * F.cross_entropy(logits, own.detach().argmax(1)) \
+                    + F.relu(2.0 - (top2[:, 0] - top2[:, 1])).mean() + 0.1 * dice_loss_ce(own, y)
             else:
                 with torch.no_grad(): tl = teacher(x)
                 loss = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(tl, 1), log_target=True, reduction="batchmean") / (384 * 384) \
