@@ -167,26 +167,21 @@ def run(mode, data, v3path, epochs, lr, out, log):
                 logits = student(x)
             if mode == "task":
                 loss = dice_loss_ce(logits, y)
-            elif mode == "agree":
-                # The network itself made less hesitant (report §3): its fp32 path learns the
+            elif mode in ("agree", "margin"):
+                # The network itself made less hesitant (report §2b): its fp32 path learns the
                 # shipped model's hard labels (cross-entropy keeps widening the margins), and its
-                # int8 path (the forward above) learns its own fp32 path's labels.
+                # int8 path (the forward above) learns its own fp32 path's labels. margin weights
+                # that 5x and adds a hinge widening the fp32 top-two logit margin to at least 2.
                 fq.enabled = False
                 own = student(x)
                 fq.enabled = True
                 with torch.no_grad(): hard = teacher(x).argmax(1)
-                loss = F.cross_entropy(own, hard) + F.cross_entropy(logits, own.detach().argmax(1)) \
+                weight = 5 if mode == "margin" else 1
+                loss = F.cross_entropy(own, hard) + weight * F.cross_entropy(logits, own.detach().argmax(1)) \
                     + 0.1 * dice_loss_ce(own, y)
-            elif mode == "margin":
-                # As agree, with int8's agreement weighted 5x and a hinge that widens the fp32
-                # path's top-two logit margin to at least 2 wherever it is narrower.
-                fq.enabled = False
-                own = student(x)
-                fq.enabled = True
-                with torch.no_grad(): hard = teacher(x).argmax(1)
-                top2 = own.topk(2, 1).values
-                loss = F.cross_entropy(own, hard) + 5 * F.cross_entropy(logits, own.detach().argmax(1)) \
-                    + F.relu(2.0 - (top2[:, 0] - top2[:, 1])).mean() + 0.1 * dice_loss_ce(own, y)
+                if mode == "margin":
+                    top2 = own.topk(2, 1).values
+                    loss = loss + F.relu(2.0 - (top2[:, 0] - top2[:, 1])).mean()
             else:
                 with torch.no_grad(): tl = teacher(x)
                 loss = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(tl, 1), log_target=True, reduction="batchmean") / (384 * 384) \
