@@ -270,40 +270,54 @@ def test_the_seg_is_stored_before_the_measurements_and_the_sr_are_made(config, s
         "SEG": result.seg_sop_instance_uid, "SR": result.sr_sop_instance_uid}
 
 
-def _delete_the_image_then(original, instance_pk):
+def _deleting_the_image(original, instance_pk, after: bool = False):
+    """``original`` that deletes the image before it runs (or ``after`` it)."""
     from sonoloop.web.archive.removal import remove_instances
     from sonoloop.web.audit.services import Actor
 
-    def deleting(*args, **kwargs):
+    def delete():
         remove_instances(Instance.objects.filter(pk=instance_pk), actor=Actor("someone", "", "cli"))
-        return original(*args, **kwargs)
+
+    def deleting(*args, **kwargs):
+        if not after:
+            delete()
+        outcome = original(*args, **kwargs)
+        if after:
+            delete()
+        return outcome
 
     return deleting
 
 
-@pytest.mark.parametrize("when", ["before its SEG is stored", "after its SEG is stored"])
+@pytest.mark.parametrize("when", ["before its SEG is stored", "after its SEG is stored", "after its SR is stored"])
 def test_an_image_deleted_while_it_is_analysed_gets_no_seg_or_sr(config, small_model, samples, monkeypatch, caplog,
                                                                  when):
     """Its SEG would bring the deleted patient back: the job ends (its row went with the image),
-    and a SEG stored before the deletion (which no result row names yet) is removed by the
-    worker, with a row in the access trail."""
+    and a SEG or SR stored before the deletion (which no result row names yet) is removed by
+    the worker, with a row in the access trail, and so are the label maps."""
     from sonoloop.dicom import seg
     from sonoloop.echo import analyse
+    from sonoloop.web.analysis.labels import results_store
     from sonoloop.web.archive.models import Patient
     from sonoloop.web.audit.models import AuditEvent
 
     instance = store(samples["cine_30"])
     job = AnalysisJob.objects.get(instance=instance)
-    module, name = (seg, "build_segmentation") if when.startswith("before") else (analyse, "measure")
-    monkeypatch.setattr(module, name, _delete_the_image_then(getattr(module, name), instance.pk))
+    if when == "after its SR is stored":  # the last window: the SR and the label maps stored, no result row yet
+        monkeypatch.setattr(running, "_store_outputs",
+                            _deleting_the_image(running._store_outputs, instance.pk, after=True))
+    else:
+        module, name = (seg, "build_segmentation") if when.startswith("before") else (analyse, "measure")
+        monkeypatch.setattr(module, name, _deleting_the_image(getattr(module, name), instance.pk))
     assert services.job_run(job.pk) == "missing"
     assert not AnalysisJob.objects.exists()  # deleted with its image
     assert "the image was deleted or rejected while it was analysed; nothing is stored" in caplog.text
     assert not Instance.every.exists() and not Patient.objects.exists() and not AnalysisResult.objects.exists()
+    assert not list(results_store().root.rglob("*.npz"))
     by_worker = AuditEvent.objects.filter(source="worker", action="D")
     if when.startswith("after"):
         (event,) = by_worker
-        assert event.instances == 1 and "deleted while it was analysed" in event.detail
+        assert event.instances == (2 if "SR" in when else 1) and "deleted while it was analysed" in event.detail
     else:
         assert not by_worker.exists()
 

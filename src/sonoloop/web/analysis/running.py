@@ -138,9 +138,14 @@ def _analyse(job: AnalysisJob) -> None:
     try:
         _require_image(job)
     except AnalysisError:
-        _remove_stored_segmentation(analysis)
+        _remove_stored_outputs(analysis)
         raise
-    _record(job, model, analysis, *_store_outputs(analysis))
+    labels_key, seg_uid, sr_uid = _store_outputs(analysis)
+    try:
+        _record(job, model, analysis, labels_key, seg_uid, sr_uid)
+    except AnalysisError:  # deleted while the SR and the label maps were being stored
+        _remove_stored_outputs(analysis, labels_key)
+        raise
 
 
 def _require_image(job: AnalysisJob) -> None:
@@ -150,16 +155,18 @@ def _require_image(job: AnalysisJob) -> None:
         raise AnalysisError("the image was deleted or rejected while it was analysed; nothing is stored")
 
 
-def _remove_stored_segmentation(analysis) -> None:
-    """The SEG stored for an image that was deleted while its measurements were made: the
-    deletion could not know it (no result row names it yet), so it goes here, with its series,
-    study and patient if nothing else is left in them, and a row in the access trail."""
+def _remove_stored_outputs(analysis, labels_key: str = "") -> None:
+    """The SEG (and SR, and label maps) stored for an image that was deleted while they were
+    being made: the deletion could not know them (no result row names them yet), so they go
+    here, with their series, study and patient if nothing else is left in them, and a row in
+    the access trail."""
     from sonoloop.web.archive.removal import remove_instances
     from sonoloop.web.audit.services import Actor
 
-    if analysis.segmentation is None:
-        return
-    stored = Instance.every.filter(sop_instance_uid=analysis.segmentation.SOPInstanceUID)
+    if labels_key:
+        results_store().delete(labels_key)
+    uids = [d.SOPInstanceUID for d in (analysis.segmentation, analysis.report) if d is not None]
+    stored = Instance.every.filter(sop_instance_uid__in=uids)
     if stored.exists():
         remove_instances(stored, actor=Actor("analysis worker", source="worker"),
                          reason="its image was deleted while it was analysed")
@@ -230,11 +237,17 @@ def _store_outputs(analysis) -> tuple[str, str, str]:
 
 
 def _record(job: AnalysisJob, model: ActiveModel, analysis, labels_key: str, seg_uid: str, sr_uid: str) -> None:
-    """The result row, its forwards and the biplane update, and the job done — in one transaction."""
+    """The result row, its forwards and the biplane update, and the job done — in one
+    transaction, which first makes sure the image is still there and holds it until the result
+    names the SEG and SR: a deletion then either came first (AnalysisError) or waits and takes
+    them with the image (``remove_instances`` locks its instances before it looks for what was
+    made from them)."""
     measurements = analysis.measurements
     for attempt in range(3):  # two runs on one instance finishing together: the second takes the next number
         try:
             with transaction.atomic():
+                if not Instance.objects.select_for_update().filter(pk=job.instance_id).values_list("pk").first():
+                    raise AnalysisError("the image was deleted or rejected while it was analysed; nothing is stored")
                 result = AnalysisResult.objects.create(
                     job=job, instance=job.instance, version=_next_version(job.instance), model_name=model.name,
                     model_version=model.version, labels_key=labels_key, classes=model.classes,

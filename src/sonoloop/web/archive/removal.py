@@ -97,6 +97,12 @@ def remove_instances(instances: Iterable[Instance], *, actor: Actor, reason: str
     if not asked:
         raise RemovalError("nothing to delete")
     with transaction.atomic():
+        # locked before looking for what was made from them: an analysis recording its result
+        # for one of them (``analysis.running._record``) finishes first, and its SEG and SR are
+        # found below, or it finds the image gone (PostgreSQL; SQLite's IMMEDIATE transactions
+        # are serial anyway)
+        for pks in _chunks(sorted(asked)):
+            list(Instance.every.select_for_update().filter(pk__in=pks).values_list("pk"))
         chosen, files = with_derived(dict(asked))
         keys = [i.file_key for i in chosen.values()]
         series_ids = {i.series_id for i in chosen.values()}
