@@ -1,4 +1,5 @@
-"""Moving the model versions from the learning app to the registry app kept every row."""
+"""The migrations: moving the model versions from the learning app to the registry app kept
+every row, and no model changed without its migration."""
 
 import pytest
 from django.db import connection
@@ -27,3 +28,12 @@ def test_versions_decisions_and_runs_made_before_the_registry_app_survive_the_mo
     assert moved.is_active and moved.heldout_dice == {"LV endo": 0.9}
     assert ModelDecision.objects.get().version == moved
     assert RetrainingJob.objects.get().parent == moved
+
+
+@pytest.mark.django_db
+def test_the_migrations_describe_the_models_as_they_are():
+    """A model changed without its migration would make `migrate` on an installed archive
+    disagree with the code (and Django would write the missing migration on a user's machine)."""
+    from django.core.management import call_command
+
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)

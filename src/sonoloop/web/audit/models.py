@@ -19,7 +19,7 @@ class AuditEvent(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                              related_name="+")
     who = models.CharField(max_length=200, help_text="User name or calling AE title")
-    source = models.CharField(max_length=16, help_text="web, dicom or cli")
+    source = models.CharField(max_length=16, help_text="web, dicom, cli or worker")
     address = models.CharField(max_length=64, blank=True)
     patient_id = models.CharField(max_length=64, blank=True, db_index=True)
     study_instance_uid = models.CharField(max_length=64, blank=True, db_index=True)
