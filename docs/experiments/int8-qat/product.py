@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = segmenter.engine
     calibration = [prepare(f.load()[0], segmenter.size)[0]
                    for f in select(camus_frames(args.camus), "training")][:: args.every]
-    frames, header, bits = all_frames(sample_path(ECHO_CINE_JPEG))
+    frames, header, bits = all_frames(sample_path(ECHO_CINE_JPEG), luma=True)  # as the worker decodes
     classes = len(segmenter.classes)
     with tempfile.TemporaryDirectory() as work:
         int8 = quantized_session(segmenter.network, segmenter.size, calibration, "qdq", Path(work))
