@@ -32,8 +32,8 @@ def test_versions_decisions_and_runs_made_before_the_registry_app_survive_the_mo
 
 @pytest.mark.django_db
 def test_the_migrations_describe_the_models_as_they_are():
-    """A model changed without its migration would make `migrate` on an installed archive
-    disagree with the code (and Django would write the missing migration on a user's machine)."""
+    """A model changed without its migration leaves an installed archive's tables behind the
+    code, and every `migrate` there warns that the models have unmigrated changes."""
     from django.core.management import call_command
 
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
